@@ -1,0 +1,376 @@
+"""AgentWriter: a bounded buffer of encoded traces and a background thread that sends it.
+
+The app thread only encodes its trace and appends the bytes under a short lock. A daemon worker,
+started on the first write, sends the buffer about once per ``flush_interval`` (earlier once the
+buffer is half full), split into payloads of at most ``max_payload_bytes``, retrying connection
+errors, 429 and 5xx a few times within a time budget. Whatever cannot be buffered or delivered is
+dropped and counted in STATS as ``spans.dropped.<reason>``.
+
+Sending happens under ``_send_lock``, held by whoever sends (the worker, ``flush`` or ``stop``),
+so payloads go out one at a time and in order over the one keep-alive connection.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+import urllib3
+
+from ddagent._logging import RateLimitedLog
+from ddagent.stats import STATS
+from ddagent.writer.encoding import MAX_ARRAY_HEADER_SIZE, encode_trace, join_traces
+from ddagent.writer.transport import AgentTransport, parse_rate_by_service
+
+log = logging.getLogger("ddagent.writer")
+
+MiB = 1024 * 1024
+
+_MAX_ATTEMPTS = 3
+_FIRST_BACKOFF = 0.1  # seconds; doubled after every failed attempt
+_RETRIED_STATUSES = frozenset((408, 429))  # besides every 5xx
+
+
+class _Batch:
+    """Encoded traces taken out of the buffer together, with their span counts."""
+
+    __slots__ = ("traces", "span_counts")
+
+    def __init__(self) -> None:
+        self.traces: list[bytes] = []
+        self.span_counts: list[int] = []
+
+
+class _Failure(Exception):
+    """A payload was not delivered; ``reason`` names the drop counter."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+class AgentWriter:
+    """Buffers trace chunks and sends them to the agent at ``agent_url`` from a background thread.
+
+    ``write`` never blocks on the network and never raises. ``flush`` and ``stop`` send from the
+    calling thread within their timeout. ``on_rate_by_service`` receives the agent's sampling
+    rates after every delivered payload whose answer carries them (called from the sending thread).
+    A malformed ``agent_url`` raises ValueError here, at construction.
+    """
+
+    def __init__(
+        self,
+        agent_url: str,
+        *,
+        timeout: float = 2.0,
+        flush_interval: float = 1.0,
+        max_buffer_bytes: int = 8 * MiB,
+        max_buffer_traces: int = 20_000,
+        max_payload_bytes: int = 4 * MiB,
+        on_rate_by_service: Optional[Callable[[dict[str, float]], None]] = None,
+    ) -> None:
+        self.agent_url = agent_url
+        self.timeout = timeout
+        self.flush_interval = flush_interval
+        self.max_buffer_bytes = max_buffer_bytes
+        self.max_buffer_traces = max_buffer_traces
+        self.max_payload_bytes = max_payload_bytes
+        self.on_rate_by_service = on_rate_by_service
+        # A background flush gives up on its payloads after this long (all retries included).
+        self.send_budget = max(10.0, 5 * timeout)
+        self._transport = AgentTransport(agent_url, timeout)
+        self._log = RateLimitedLog(log)
+        self._lock = threading.Lock()  # guards the buffer; held only for appends and swaps
+        self._buffer = _Batch()
+        self._buffer_bytes = 0
+        self._reset_threading_state()
+        _LIVE_WRITERS.add(self)
+
+    def _reset_threading_state(self) -> None:
+        self._send_lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._worker: Optional[threading.Thread] = None
+        self._fork_dropped_spans = 0
+
+    # -- the app thread's side ------------------------------------------------------------------
+
+    def write(self, spans: Sequence[Any]) -> None:
+        """Buffer one trace chunk for sending. Never blocks on the network, never raises."""
+        try:
+            self._write(spans)
+        except Exception:
+            STATS.incr("writer.errors")
+            self._log.log(logging.ERROR, "write", "ddagent writer failed to buffer a trace",
+                          exc_info=True)
+
+    def _write(self, spans: Sequence[Any]) -> None:
+        span_count = len(spans)
+        if not span_count:
+            return
+        if self._fork_dropped_spans:
+            self._count_fork_drops()
+        if self._stopping.is_set():
+            STATS.incr("spans.dropped.shutdown", span_count)
+            return
+        try:
+            encoded = encode_trace(spans)
+        except Exception as e:
+            STATS.incr("spans.dropped.encoding", span_count)
+            self._log.log(logging.WARNING, "encoding",
+                          "dropping a trace that cannot be encoded: %s", e)
+            return
+        if len(encoded) + MAX_ARRAY_HEADER_SIZE > self.max_payload_bytes:
+            STATS.incr("spans.dropped.payload_too_large", span_count)
+            self._log.log(logging.WARNING, "too_large",
+                          "dropping a trace of %d bytes: the payload limit is %d bytes",
+                          len(encoded), self.max_payload_bytes)
+            return
+        with self._lock:
+            fits = (
+                self._buffer_bytes + len(encoded) <= self.max_buffer_bytes
+                and len(self._buffer.traces) < self.max_buffer_traces
+            )
+            if fits:
+                self._buffer.traces.append(encoded)
+                self._buffer.span_counts.append(span_count)
+                self._buffer_bytes += len(encoded)
+                half_full = (
+                    self._buffer_bytes * 2 > self.max_buffer_bytes
+                    or len(self._buffer.traces) * 2 > self.max_buffer_traces
+                )
+            worker = self._worker
+        if not fits:
+            STATS.incr("spans.dropped.buffer_full", span_count)
+            self._log.log(logging.WARNING, "buffer_full",
+                          "trace buffer full (%d traces, %d bytes): dropping a trace of %d bytes",
+                          self.max_buffer_traces, self.max_buffer_bytes, len(encoded))
+            return
+        if worker is None:
+            self._start_worker()
+        if half_full and not self._wake.is_set():
+            self._wake.set()
+
+    def _start_worker(self) -> None:
+        with self._lock:
+            if self._worker is not None:
+                return
+            # The thread holds only a weak reference, so a forgotten writer can be collected.
+            worker = threading.Thread(
+                target=_run_worker, args=(weakref.ref(self), self._wake, self._stopping),
+                name="ddagent-writer", daemon=True,
+            )
+            worker.start()  # may fail at interpreter shutdown; the next write tries again
+            self._worker = worker
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Bytes of encoded traces waiting in the buffer (never above ``max_buffer_bytes``)."""
+        return self._buffer_bytes
+
+    @property
+    def buffered_traces(self) -> int:
+        return len(self._buffer.traces)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def flush(self, timeout: Optional[float] = None) -> bool:
+        """Send what is buffered now, from this thread; True if all of it was delivered.
+
+        Waits for a send in progress first. ``timeout=None`` means the writer's ``send_budget``.
+        """
+        try:
+            if self._fork_dropped_spans:
+                self._count_fork_drops()
+            return self._send_buffer(self._deadline(timeout))
+        except Exception:
+            STATS.incr("writer.errors")
+            self._log.log(logging.ERROR, "flush", "ddagent writer flush failed", exc_info=True)
+            return False
+
+    def stop(self, timeout: Optional[float] = None) -> None:
+        """Flush what is buffered within ``timeout`` seconds, then stop the worker.
+
+        Never takes (much) longer than ``timeout``, even with the agent down or stalling: what is
+        still unsent at the deadline is counted as ``spans.dropped.shutdown``. Later writes are
+        dropped and counted the same way.
+        """
+        deadline = self._deadline(timeout)
+        self._stopping.set()
+        self._wake.set()
+        self.flush(max(deadline - time.monotonic(), 0.0))
+        worker = self._worker
+        if worker is not None and worker is not threading.current_thread():
+            worker.join(max(deadline - time.monotonic(), 0.0))
+        # Whatever is left (a send we could not wait for kept the lock) is lost at exit.
+        unsent = self._take_buffer()
+        if unsent.traces:
+            STATS.incr("spans.dropped.shutdown", sum(unsent.span_counts))
+        self._transport.close()
+
+    def _deadline(self, timeout: Optional[float]) -> float:
+        return time.monotonic() + (self.send_budget if timeout is None else max(timeout, 0.0))
+
+    def _take_buffer(self) -> _Batch:
+        with self._lock:
+            batch, self._buffer = self._buffer, _Batch()
+            self._buffer_bytes = 0
+        return batch
+
+    def _send_buffer(self, deadline: float) -> bool:
+        """Take the buffer and send it as one or more payloads. True if everything was delivered."""
+        if not self._send_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
+            return False
+        try:
+            batch = self._take_buffer()
+            delivered = True
+            for start, end in self._payload_bounds(batch.traces):
+                spans = sum(batch.span_counts[start:end])
+                try:
+                    self._send_payload(join_traces(batch.traces[start:end]), end - start, deadline)
+                except _Failure as failure:
+                    delivered = False
+                    STATS.incr("payloads.errors")
+                    STATS.incr(f"spans.dropped.{failure.reason}", spans)
+                    continue
+                STATS.incr("payloads.sent")
+                STATS.incr("traces.sent", end - start)
+                STATS.incr("spans.sent", spans)
+            return delivered
+        finally:
+            self._send_lock.release()
+
+    def _payload_bounds(self, traces: list[bytes]) -> list[tuple[int, int]]:
+        """Split ``traces`` into consecutive runs whose payload fits ``max_payload_bytes``."""
+        bounds = []
+        start, size = 0, MAX_ARRAY_HEADER_SIZE
+        for index, encoded in enumerate(traces):
+            if index > start and size + len(encoded) > self.max_payload_bytes:
+                bounds.append((start, index))
+                start, size = index, MAX_ARRAY_HEADER_SIZE
+            size += len(encoded)
+        if start < len(traces):
+            bounds.append((start, len(traces)))
+        return bounds
+
+    def _send_payload(self, body: bytes, trace_count: int, deadline: float) -> None:
+        """Deliver one payload, retrying what may pass later; raise _Failure when giving up."""
+        backoff = _FIRST_BACKOFF
+        for attempt in range(1, _MAX_ATTEMPTS + 1):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise _Failure("agent_unreachable", "no time left to send")
+            try:
+                response = self._transport.send_traces(body, trace_count, remaining)
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                failure = _Failure("agent_unreachable", f"{type(e).__name__}: {e}")
+                self._log.log(logging.WARNING, "unreachable",
+                              "trace agent at %s is unreachable (%s); traces are dropped",
+                              self.agent_url, failure)
+            else:
+                if 200 <= response.status < 300:
+                    self._update_rates(response.body)
+                    return
+                failure = self._status_failure(response.status, response.body)
+                if response.status < 500 and response.status not in _RETRIED_STATUSES:
+                    raise failure
+            # Stopping: hand the rest of the deadline to the final flush instead of sleeping.
+            if attempt == _MAX_ATTEMPTS or self._stopping.wait(
+                min(backoff, max(deadline - time.monotonic(), 0.0))
+            ):
+                raise failure
+            backoff *= 2
+        raise AssertionError("unreachable")  # the loop always returns or raises
+
+    def _status_failure(self, status: int, body: bytes) -> _Failure:
+        reason = "payload_too_large" if status == 413 else "agent_error"
+        detail = body[:300].decode("utf-8", "replace")
+        self._log.log(logging.WARNING, f"status_{status}",
+                      "trace agent at %s%s answered %d: %s",
+                      self.agent_url, self._transport.endpoint, status, detail)
+        return _Failure(reason, f"HTTP {status}")
+
+    def _update_rates(self, body: bytes) -> None:
+        if self.on_rate_by_service is None:
+            return
+        rates = parse_rate_by_service(body)
+        if rates is None:
+            return
+        try:
+            self.on_rate_by_service(rates)
+        except Exception:
+            STATS.incr("writer.errors")
+            self._log.log(logging.ERROR, "rates", "on_rate_by_service callback failed",
+                          exc_info=True)
+
+    # -- fork -----------------------------------------------------------------------------------
+
+    def _before_fork(self) -> None:
+        self._lock.acquire()  # so the child sees a consistent buffer
+
+    def _after_fork_in_parent(self) -> None:
+        self._lock.release()
+
+    def _after_fork_in_child(self) -> None:
+        # The parent keeps (and sends) its buffer; the child starts empty, with a fresh
+        # connection and no worker (one starts on the next write).
+        discarded = sum(self._buffer.span_counts)
+        stopping = self._stopping.is_set()
+        self._lock = threading.Lock()
+        self._buffer = _Batch()
+        self._buffer_bytes = 0
+        self._reset_threading_state()
+        self._fork_dropped_spans = discarded
+        if stopping:
+            self._stopping.set()
+        self._transport = AgentTransport(self.agent_url, self.timeout, self._transport.endpoint)
+
+    def _count_fork_drops(self) -> None:
+        # Counted after the fork rather than in the fork hook: STATS's lock may have been held
+        # by another parent thread at fork time.
+        dropped, self._fork_dropped_spans = self._fork_dropped_spans, 0
+        if dropped:
+            STATS.incr("spans.dropped.fork", dropped)
+
+
+def _run_worker(
+    writer_ref: weakref.ref[AgentWriter], wake: threading.Event, stopping: threading.Event
+) -> None:
+    """The background flush loop; ends when its writer stops or is garbage-collected."""
+    while not stopping.is_set():
+        writer = writer_ref()
+        if writer is None:
+            return
+        interval = writer.flush_interval
+        del writer  # do not keep the writer alive while sleeping
+        wake.wait(interval)
+        wake.clear()
+        writer = writer_ref()
+        if writer is None or stopping.is_set():
+            return
+        writer.flush(writer.send_budget)
+        del writer
+
+
+_LIVE_WRITERS: weakref.WeakSet[AgentWriter] = weakref.WeakSet()
+
+
+def _for_live_writers(method: str) -> Callable[[], None]:
+    def hook() -> None:
+        for writer in list(_LIVE_WRITERS):
+            getattr(writer, method)()
+
+    return hook
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(
+        before=_for_live_writers("_before_fork"),
+        after_in_parent=_for_live_writers("_after_fork_in_parent"),
+        after_in_child=_for_live_writers("_after_fork_in_child"),
+    )
