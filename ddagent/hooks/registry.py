@@ -1,0 +1,538 @@
+"""How an integration is declared and run.
+
+An integration module (``hooks/redis.py``, ``hooks/sqlite3.py``) builds one :class:`Integration`:
+its name, its default service and component, and a list of probes. A probe names a function in a
+library module and says how a call becomes a span:
+
+- :class:`FunctionProbe` for Python functions: the function's code object is rewritten in place
+  (``hooks/rewrite.py``), on the class that *defines* it, so references taken earlier are traced.
+- :class:`ddagent.hooks.wrappers.WrapperProbe` for C callables, which have no code object: the
+  module attribute is replaced by a ``wrapt`` wrapper.
+
+Everything else happens here, once for every integration:
+
+- **Installing.** Enabling an integration registers ``finder.when_imported`` for each probe's
+  module; the probe is installed when that module is imported (or at once if it already is).
+  Each installation returns its own undo step; disabling runs the undo steps that enabling
+  recorded, so there is no second, mirrored "unpatch" list to keep in sync.
+- **Guarding.** Probe callables never raise into the application. An exception from one is
+  caught, counted in ``STATS`` as ``probes.errors.<name>``, logged (rate-limited) and the whole
+  integration is disabled.
+- **Config at call time.** Whether to trace a call is decided when it happens: the integration
+  switch, the Pin found on the instance (or its class), that Pin's tracer (else the global one)
+  and whether it is enabled. The service is the Pin's, else ``DD_<NAME>_SERVICE``, else the
+  integration's default.
+
+The public entry points are :func:`patch`, :func:`patch_all`, :func:`unpatch` (re-exported by
+``ddagent``), :func:`enable`, :func:`disable` and :func:`status` (re-exported by
+``ddagent.probes``). They are safe to call from any thread at any time.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import importlib.util
+import logging
+import os
+import sys
+import threading
+from types import ModuleType
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
+
+from ddagent._logging import RateLimitedLog
+from ddagent.stats import STATS
+
+log = logging.getLogger(__name__)
+_rate_limited = RateLimitedLog(log)
+
+Undo = Callable[[], None]
+OnCall = Callable[..., Any]  # on_call(integration, *params) -> Span | None
+OnReturn = Callable[..., None]  # on_return(span, result, *params)
+
+
+# Every library name the seed's patch()/patch_all() accepted, with the hook module that
+# implements it (None: not implemented yet) and the module whose presence means "installed".
+KNOWN_INTEGRATIONS: dict[str, tuple[Optional[str], str]] = {
+    "bottle": (None, "bottle"),
+    "cassandra": (None, "cassandra"),
+    "django": (None, "django"),
+    "elasticsearch": (None, "elasticsearch"),
+    "falcon": (None, "falcon"),
+    "flask": (None, "flask"),
+    "flask_cache": (None, "flask_caching"),
+    "mongoengine": (None, "mongoengine"),
+    "mysql": (None, "mysql"),
+    "psycopg": (None, "psycopg2"),
+    "pylibmc": (None, "pylibmc"),
+    "pylons": (None, "pylons"),
+    "pymongo": (None, "pymongo"),
+    "redis": ("ddagent.hooks.redis", "redis"),
+    "requests": (None, "requests"),
+    "sqlalchemy": (None, "sqlalchemy"),
+    "sqlite3": ("ddagent.hooks.sqlite3", "sqlite3"),
+    "urllib3": (None, "urllib3"),
+}
+
+# patch_all() turns everything on except these (SQLAlchemy: prefer the DB driver's spans).
+OFF_BY_DEFAULT = frozenset({"sqlalchemy"})
+
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True,
+               "false": False, "0": False, "no": False, "off": False}
+
+
+class PatchError(Exception):
+    """An integration cannot be patched: unknown name, no hook yet, or library not installed."""
+
+
+class Probe(Protocol):
+    """What the registry needs from a probe declaration."""
+
+    module: str  # the module whose import triggers install()
+
+    def install(self, module: ModuleType, integration: Integration) -> Undo | None:
+        """Instrument ``module``; return how to undo it (None: nothing was done)."""
+
+
+class Integration:
+    """One library's instrumentation: its probes and how its spans are named and tagged.
+
+    ``name`` is the ``patch()`` keyword; ``service`` the default service of its spans;
+    ``component`` the ``component`` tag (defaults to ``name``); ``span_kind`` the ``span.kind``
+    tag; ``distribution`` the PyPI distribution whose version ``status()`` reports (None for
+    the standard library).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        probes: Sequence[Probe],
+        service: str,
+        component: str | None = None,
+        span_kind: str = "client",
+        distribution: str | None = None,
+    ) -> None:
+        self.name = name
+        self.probes = tuple(probes)
+        self.service = service
+        self.component = component or name
+        self.span_kind = span_kind
+        self.distribution = distribution
+        self._service_env_vars = tuple(
+            dict.fromkeys(f"DD_{n.upper()}_SERVICE" for n in (name, self.component))
+        )
+        # Read by every probe call without a lock: a plain bool flips atomically.
+        self.enabled = False
+        self._undo: list[Undo] = []
+        self._watching = False
+
+    def __repr__(self) -> str:
+        return f"<Integration {self.name} enabled={self.enabled}>"
+
+    @property
+    def instrumented(self) -> bool:
+        return bool(self._undo)
+
+    # -- what probes call ------------------------------------------------------------------
+
+    def start_span(
+        self,
+        pin_from: object,
+        name: str,
+        *,
+        resource: str | None = None,
+        span_type: str | None = None,
+        tags: Mapping[str, Any] | None = None,
+        metrics: Mapping[str, Any] | None = None,
+    ) -> Any:
+        """Start and activate this integration's span for a call on ``pin_from``.
+
+        Returns None when the call must not be traced (the Pin or the tracer is disabled).
+        Tags and metrics whose value is None are skipped.
+        """
+        pin = _pin_class().get_from(pin_from)
+        tracer = (pin.tracer if pin is not None else None) or _global_tracer()
+        if pin is not None and not pin.enabled():
+            return None
+        if not tracer.enabled:
+            return None
+        service = (pin.service if pin is not None else None) or self._configured_service()
+        span = tracer.trace(name, service=service, resource=resource, span_type=span_type)
+        span.set_tag("component", self.component)
+        if self.span_kind:
+            span.set_tag("span.kind", self.span_kind)
+        span.set_metric("_dd.measured", 1)
+        for key, value in (tags or {}).items():
+            if value is not None:
+                span.set_tag(key, value)
+        for key, value in (metrics or {}).items():
+            if value is not None:
+                span.set_metric(key, value)
+        if pin is not None and pin.tags:
+            for key, value in pin.tags.items():
+                span.set_tag(key, value)
+        return span
+
+    def _configured_service(self) -> str:
+        for var in self._service_env_vars:
+            value = os.environ.get(var)
+            if value:
+                return value
+        return self.service
+
+    # -- the guarded probe protocol (used by rewrite hooks, wrappers and dbapi proxies) -----
+
+    def enter(self, on_call: OnCall, params: tuple) -> Any:
+        """Run ``on_call(self, *params)``; return a token for :meth:`exit`, or None (untraced)."""
+        if not self.enabled:
+            return None
+        try:
+            span = on_call(self, *params)
+        except Exception as exc:
+            self.probe_failed(exc)
+            return None
+        return None if span is None else (span, params)
+
+    def exit(self, token: Any, result: Any, exc: BaseException | None,
+             on_return: OnReturn | None = None) -> None:
+        """Finish the span of ``token``: record ``exc``, or let ``on_return`` tag the result."""
+        if token is None:
+            return
+        span, params = token
+        try:
+            if exc is not None:
+                if not isinstance(exc, GeneratorExit):
+                    span.set_exc_info(type(exc), exc, exc.__traceback__)
+            elif on_return is not None:
+                on_return(span, result, *params)
+        except Exception as error:
+            self.probe_failed(error)
+        try:
+            span.finish()
+        except Exception as error:
+            self.probe_failed(error)
+
+    def probe_failed(self, exc: BaseException) -> None:
+        """A probe raised: count it, log it (rate-limited) and switch this integration off."""
+        STATS.incr(f"probes.errors.{self.name}")
+        _rate_limited.log(
+            logging.ERROR, f"probe-error:{self.name}",
+            "ddagent: the %s probe failed (%s: %s); %s instrumentation is now disabled",
+            self.name, type(exc).__name__, exc, self.name, exc_info=True,
+        )
+        try:
+            disable(self.name)
+        except Exception:  # never let the clean-up escape into the application either
+            log.debug("disabling %s after a probe error failed", self.name, exc_info=True)
+
+    # -- installation (called with _LOCK held) ----------------------------------------------
+
+    def _install(self, probe: Probe, module: ModuleType) -> None:
+        if not self.enabled:
+            return
+        try:
+            undo = probe.install(module, self)
+        except Exception:
+            STATS.incr(f"probes.errors.{self.name}")
+            _rate_limited.log(logging.WARNING, f"install:{self.name}:{probe.module}",
+                              "ddagent: could not instrument %s for %s", probe.module, self.name,
+                              exc_info=True)
+            return
+        if undo is not None:
+            self._undo.append(undo)
+
+    def _uninstall(self) -> None:
+        undo, self._undo = self._undo, []
+        for step in reversed(undo):
+            try:
+                step()
+            except Exception:
+                log.warning("ddagent: could not restore part of %s", self.name, exc_info=True)
+
+
+class FunctionProbe:
+    """Probe a Python function or method by rewriting its code object in place.
+
+    ``path`` is ``"function"`` or ``"Class.method"`` inside ``module``. A method is probed on
+    the class that defines it (the MRO is walked), so every subclass that inherits it is traced;
+    classmethods and staticmethods are unwrapped to their function. Each call runs
+    ``on_call(integration, *params)`` (params in the function's parameter order, with ``*args``
+    as a tuple and ``**kwargs`` as a dict) which returns a span or None, and on a normal return
+    ``on_return(span, result, *params)``. Exceptions are recorded on the span automatically.
+
+    Where code cannot be rewritten (another interpreter, or a function the rewriter refuses)
+    the attribute is replaced by a ``wrapt`` wrapper with the same semantics instead.
+    """
+
+    def __init__(self, module: str, path: str, *, on_call: OnCall,
+                 on_return: OnReturn | None = None) -> None:
+        self.module = module
+        self.path = path
+        self.on_call = on_call
+        self.on_return = on_return
+        self._hooks_for: Integration | None = None
+        self._hook_pair: tuple[Callable, Callable] = (None, None)  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<FunctionProbe {self.module}:{self.path}>"
+
+    def install(self, module: ModuleType, integration: Integration) -> Undo | None:
+        from ddagent.hooks import rewrite, wrappers
+
+        owner, attr, raw = _resolve_definition(module, self.path)
+        func = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
+        enter, exit = self._hooks(integration)
+        if rewrite.SUPPORTED:
+            if rewrite.is_instrumented(func):
+                log.debug("%s is already instrumented; skipping", self)
+                return None
+            try:
+                rewrite.instrument(func, enter, exit)
+            except rewrite.RewriteError as exc:
+                wrappers.note_fallback(f"{self.module}.{self.path}: {exc}")
+            else:
+                return lambda: rewrite.restore(func)
+        else:
+            wrappers.note_fallback("this interpreter's code objects cannot be rewritten")
+        return wrappers.wrap_attribute(owner, attr, raw, enter, exit)
+
+
+    def _hooks(self, integration: Integration) -> tuple[Callable, Callable]:
+        # The same two callables every time, so re-enabling hits the rewriter's code cache.
+        if self._hooks_for is not integration:
+            on_call, on_return = self.on_call, self.on_return
+
+            def enter(params: tuple) -> Any:
+                return integration.enter(on_call, params)
+
+            def exit(token: Any, result: Any, exc: BaseException | None) -> None:
+                integration.exit(token, result, exc, on_return)
+
+            self._hook_pair = (enter, exit)
+            self._hooks_for = integration
+        return self._hook_pair
+
+
+def _resolve_definition(module: ModuleType, path: str) -> tuple[Any, str, Any]:
+    """(owner, attribute, raw object) for ``path``: the module or the class that defines it."""
+    *class_path, attr = path.split(".")
+    owner: Any = module
+    for part in class_path:
+        owner = getattr(owner, part)
+    if isinstance(owner, type):
+        for klass in owner.__mro__:
+            if attr in vars(klass):
+                return klass, attr, vars(klass)[attr]
+        raise AttributeError(f"{owner.__qualname__} has no attribute {attr!r}")
+    return owner, attr, getattr(owner, attr)
+
+
+# -- the registry --------------------------------------------------------------------------
+
+# Reentrant: a probe failing while this thread installs another one may call disable().
+_LOCK = threading.RLock()
+_LOADED: dict[str, Integration] = {}
+
+
+def _load(name: str) -> Integration:
+    """The Integration for ``name``, importing its hook module on first use."""
+    if name in _LOADED:
+        return _LOADED[name]
+    if name not in KNOWN_INTEGRATIONS:
+        raise PatchError(
+            f"unknown integration {name!r}; valid names: {', '.join(sorted(KNOWN_INTEGRATIONS))}"
+        )
+    hook_module, _ = KNOWN_INTEGRATIONS[name]
+    if hook_module is None:
+        raise PatchError(f"the {name} integration is not implemented yet in ddagent")
+    integration = importlib.import_module(hook_module).integration
+    with _LOCK:
+        return _LOADED.setdefault(name, integration)
+
+
+def enable(name: str) -> None:
+    """Switch ``name`` on: instrument its library now if imported, else when it is imported."""
+    from ddagent.hooks import finder
+
+    integration = _load(name)
+    with _LOCK:
+        if integration.enabled:
+            return
+        integration.enabled = True
+        if not integration._watching:
+            integration._watching = True
+            for probe in integration.probes:
+                # Runs the callback at once when the module is already imported.
+                finder.when_imported(probe.module, _installer(integration, probe))
+            return
+        for probe in integration.probes:
+            module = sys.modules.get(probe.module)
+            if module is not None and not _initializing(module):
+                integration._install(probe, module)
+
+
+def _installer(integration: Integration, probe: Probe) -> Callable[[ModuleType], None]:
+    def install_on_import(module: ModuleType) -> None:
+        with _LOCK:
+            integration._install(probe, module)
+
+    return install_on_import
+
+
+def _initializing(module: ModuleType) -> bool:
+    # A module still executing in another thread: the finder's callback will install it.
+    return bool(getattr(getattr(module, "__spec__", None), "_initializing", False))
+
+
+def disable(name: str) -> None:
+    """Switch ``name`` off: put back every original code object and attribute it replaced."""
+    integration = _load(name)
+    with _LOCK:
+        integration.enabled = False
+        integration._uninstall()
+
+
+def patch(raise_errors: bool = True, **modules: bool) -> None:
+    """Instrument each library given a true value, e.g. ``patch(redis=True, sqlite3=True)``.
+
+    Patching is lazy: a library is instrumented when it is imported (at once if it already is).
+    With ``raise_errors`` a name that is unknown, not implemented yet, or whose library is not
+    installed raises :class:`PatchError`; without it, it is logged and skipped.
+    """
+    wanted = [name for name, on in modules.items() if on]
+    patched = []
+    for name in wanted:
+        try:
+            _check_installed(name)
+            enable(name)
+        except Exception as exc:
+            if raise_errors:
+                raise
+            level = logging.WARNING if name not in KNOWN_INTEGRATIONS else logging.DEBUG
+            log.log(level, "ddagent: not patching %s: %s", name, exc)
+        else:
+            patched.append(name)
+    log.info("ddagent: patched %d/%d modules (%s)", len(patched), len(wanted), ",".join(patched))
+
+
+def _check_installed(name: str) -> None:
+    _load(name)
+    if not _library_installed(name):
+        raise PatchError(f"cannot patch {name}: the library is not installed")
+
+
+def patch_all(**overrides: bool) -> None:
+    """Instrument every known library (all but sqlalchemy by default) that is installed.
+
+    Precedence, lowest first: the defaults, ``overrides`` (``patch_all(mysql=False)``),
+    ``DD_PATCH_MODULES=redis:false,flask:true``, then ``DD_TRACE_<NAME>_ENABLED=false``: the
+    operator's environment wins over the code, as with ddtrace.
+    """
+    modules = {name: name not in OFF_BY_DEFAULT for name in KNOWN_INTEGRATIONS}
+    modules.update(overrides)
+    modules.update(_patch_modules_from_env())
+    for name in list(modules):
+        var = f"DD_TRACE_{name.upper()}_ENABLED"
+        value = _parse_bool_env(var)
+        if value is not None:
+            modules[name] = value
+    patch(raise_errors=False, **modules)
+
+
+def _patch_modules_from_env() -> dict[str, bool]:
+    raw = os.environ.get("DD_PATCH_MODULES", "")
+    result: dict[str, bool] = {}
+    malformed = []
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, value = item.partition(":")
+        flag = _BOOL_WORDS.get(value.strip().lower())
+        if not sep or flag is None or not name.strip():
+            malformed.append(item)
+            continue
+        result[name.strip()] = flag
+    if malformed:
+        log.warning("ddagent: ignoring %s in DD_PATCH_MODULES; the accepted form is "
+                    "'name:true,name:false' (e.g. 'redis:false,flask:true')",
+                    ", ".join(repr(m) for m in malformed))
+    return result
+
+
+def _parse_bool_env(var: str) -> bool | None:
+    raw = os.environ.get(var)
+    if raw is None or raw.strip() == "":
+        return None
+    value = _BOOL_WORDS.get(raw.strip().lower())
+    if value is None:
+        log.warning("ddagent: ignoring %s=%r; accepted values are true or false", var, raw)
+    return value
+
+
+def unpatch(*names: str) -> None:
+    """Remove the instrumentation of ``names`` (all enabled integrations when none given)."""
+    with _LOCK:
+        targets = names or tuple(n for n, i in _LOADED.items() if i.enabled)
+    for name in targets:
+        disable(name)
+
+
+def get_patched_modules() -> list[str]:
+    """The seed's helper: sorted names of the enabled integrations."""
+    with _LOCK:
+        return sorted(n for n, i in _LOADED.items() if i.enabled)
+
+
+def _library_installed(name: str) -> bool:
+    library = KNOWN_INTEGRATIONS[name][1]
+    if library in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(library) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _library_version(integration: Integration | None, name: str) -> str | None:
+    if integration is not None and integration.distribution is None:
+        module = sys.modules.get(KNOWN_INTEGRATIONS[name][1])
+        return getattr(module, "sqlite_version", None) or getattr(module, "__version__", None)
+    distribution = integration.distribution if integration else KNOWN_INTEGRATIONS[name][1]
+    try:
+        return importlib.metadata.version(distribution)
+    except Exception:
+        return None
+
+
+def status() -> list[dict[str, Any]]:
+    """One dict per known integration, for ``--info`` and ``ddagent.probes.status()``.
+
+    Keys: name, module (the library), installed, version, implemented, enabled, instrumented
+    (probes are in place right now), errors (probe errors counted so far).
+    """
+    rows = []
+    for name, (hook_module, library) in sorted(KNOWN_INTEGRATIONS.items()):
+        integration = _LOADED.get(name)
+        installed = _library_installed(name)
+        rows.append({
+            "name": name,
+            "module": library,
+            "installed": installed,
+            "version": _library_version(integration, name) if installed else None,
+            "implemented": hook_module is not None,
+            "enabled": bool(integration and integration.enabled),
+            "instrumented": bool(integration and integration.instrumented),
+            "errors": STATS.get(f"probes.errors.{name}"),
+        })
+    return rows
+
+
+# -- the core, looked up at call time (ddagent's __init__ imports this module) --------------
+
+def _global_tracer() -> Any:
+    module = sys.modules.get("ddagent.tracer") or importlib.import_module("ddagent.tracer")
+    return module.tracer
+
+
+def _pin_class() -> Any:
+    module = sys.modules.get("ddagent.pin") or importlib.import_module("ddagent.pin")
+    return module.Pin

@@ -1,0 +1,139 @@
+"""``wrapt``-based probes, for callables whose code cannot be rewritten.
+
+Two uses:
+
+- :class:`WrapperProbe`: C callables such as ``sqlite3.connect``. They have no code object, and
+  their types are immutable, so the module attribute is replaced by a ``wrapt.FunctionWrapper``
+  that hands the call's result to ``on_result`` (which typically returns a proxy object, see
+  ``hooks/dbapi.py``). A reference taken before instrumentation (``from sqlite3 import
+  connect``) keeps the original: the agent has to start before the application imports these.
+- :func:`wrap_attribute`: the fallback for a :class:`~ddagent.hooks.registry.FunctionProbe`
+  when the interpreter cannot be rewritten or the rewriter refuses a function. The attribute is
+  replaced by a wrapper that calls the same enter/exit hooks; an info line is logged once.
+
+Undoing puts the original attribute back, unless someone else replaced it in the meantime.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable
+
+import wrapt
+
+if TYPE_CHECKING:
+    from ddagent.hooks.registry import Integration, OnCall, OnReturn
+
+log = logging.getLogger(__name__)
+_fallback_noted = False
+
+
+def note_fallback(reason: str) -> None:
+    """Log once per process that probes fall back to (slower) ``wrapt`` wrappers."""
+    global _fallback_noted
+    if not _fallback_noted:
+        _fallback_noted = True
+        log.info("ddagent: using wrapt wrappers instead of code rewriting (%s)", reason)
+
+
+def call_probed(integration: Integration, on_call: OnCall, params: tuple,
+                call: Callable[[], Any], on_return: OnReturn | None = None) -> Any:
+    """Run ``call()`` inside the integration's guarded probe: enter, then exit with its outcome."""
+    token = integration.enter(on_call, params)
+    if token is None:
+        return call()
+    try:
+        result = call()
+    except BaseException as exc:
+        integration.exit(token, None, exc)
+        raise
+    integration.exit(token, result, None, on_return)
+    return result
+
+
+class WrapperProbe:
+    """Replace the callable ``module.attr`` so that its result goes through ``on_result``.
+
+    ``on_result(integration, result, args, kwargs)`` returns what the caller receives instead
+    (e.g. a traced proxy of a connection). If it raises, the error is handled like any probe
+    error and the caller gets the original result.
+    """
+
+    def __init__(self, module: str, attr: str, *,
+                 on_result: Callable[[Integration, Any, tuple, dict], Any]) -> None:
+        self.module = module
+        self.attr = attr
+        self.on_result = on_result
+
+    def __repr__(self) -> str:
+        return f"<WrapperProbe {self.module}.{self.attr}>"
+
+    def install(self, module: ModuleType, integration: Integration) -> Callable[[], None] | None:
+        original = getattr(module, self.attr)
+        if isinstance(original, _ProbeWrapper):
+            # An alias of a callable wrapped through another module (``sqlite3.connect`` is
+            # copied from ``sqlite3.dbapi2``): it shares that wrapper; undo restores it here too.
+            return _replace(module, self.attr, original, original.__wrapped__)
+        on_result = self.on_result
+
+        def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+            result = wrapped(*args, **kwargs)
+            if not integration.enabled:
+                return result
+            try:
+                return on_result(integration, result, args, kwargs)
+            except Exception as exc:
+                integration.probe_failed(exc)
+                return result
+
+        return _replace(module, self.attr, _ProbeWrapper(original, wrapper), original)
+
+
+def wrap_attribute(owner: Any, attr: str, raw: Any, enter: Callable[[tuple], Any],
+                   exit: Callable[[Any, Any, BaseException | None], None]) -> Callable[[], None]:
+    """Replace ``owner.attr`` (whose raw value is ``raw``) by a wrapper calling enter/exit.
+
+    The hooks receive the same parameter tuple as with code rewriting (the function's parameters
+    in order, ``*args`` as a tuple, ``**kwargs`` as a dict).
+    """
+    func = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
+    signature = inspect.signature(func)
+    names = list(signature.parameters)
+    prepend_instance = not isinstance(raw, staticmethod)
+
+    def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+        full_args = (instance, *args) if prepend_instance and instance is not None else args
+        try:
+            bound = signature.bind(*full_args, **kwargs)
+            bound.apply_defaults()
+            params = tuple(bound.arguments[name] for name in names)
+        except TypeError:
+            # The call does not match the signature: let the function raise its own error.
+            return wrapped(*args, **kwargs)
+        token = enter(params)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            exit(token, None, exc)
+            raise
+        exit(token, result, None)
+        return result
+
+    return _replace(owner, attr, _ProbeWrapper(raw, wrapper), raw)
+
+
+class _ProbeWrapper(wrapt.FunctionWrapper):
+    """A wrapper ddagent installed (told apart from the application's own wrapt wrappers)."""
+
+
+def _replace(owner: Any, attr: str, replacement: Any, original: Any) -> Callable[[], None]:
+    setattr(owner, attr, replacement)
+
+    def undo() -> None:
+        current = vars(owner).get(attr) if isinstance(owner, type) else getattr(owner, attr, None)
+        if current is replacement:
+            setattr(owner, attr, original)
+
+    return undo
