@@ -7,6 +7,7 @@ drops use ``dropped.<reason>`` (``spans.dropped.buffer_full``, ``spans.dropped.a
 
 from __future__ import annotations
 
+import os
 import threading
 from collections import defaultdict
 
@@ -46,3 +47,6 @@ class Stats:
 
 
 STATS = Stats()
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=STATS._after_fork_in_child)

@@ -1,0 +1,197 @@
+"""Which span is active, and how a trace's spans are gathered before they go to the writer.
+
+- The active span lives in a ``ContextVar``: every thread and every asyncio task sees its own.
+- Each trace has a :class:`TraceBuffer` (shared by its spans in this process) that counts open
+  spans and collects finished ones. When the last open span finishes, or when many finished spans
+  are waiting (partial flush), the finished spans leave as one chunk. The buffer also carries the
+  trace-level state: sampling priority, propagated ``_dd.p.*`` tags, origin.
+- :class:`OpenTraces` bounds how many traces may be open at once; the oldest is evicted (its
+  waiting spans dropped and counted) when a new one would exceed the bound.
+- :class:`Context` is a trace continued from elsewhere (extracted from headers): a parent that is
+  not a local span.
+
+In a forked child, every inherited buffer is closed: spans the child creates under an inherited
+span go to a fresh buffer of the same trace, so the child sends only its own spans.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Optional
+
+from ddagent.stats import STATS
+
+if TYPE_CHECKING:
+    from ddagent.span import Span
+
+ACTIVE_SPAN: ContextVar[Optional[Span]] = ContextVar("ddagent_active_span", default=None)
+
+
+class Context:
+    """A remote parent: the trace id (128-bit), the parent span id and the trace-level state."""
+
+    __slots__ = ("trace_id", "span_id", "sampling_priority", "origin", "tags", "tracestate")
+
+    def __init__(
+        self,
+        trace_id: int,
+        span_id: Optional[int] = None,
+        sampling_priority: Optional[int] = None,
+        origin: Optional[str] = None,
+        tags: Optional[dict[str, str]] = None,
+        tracestate: Optional[str] = None,
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.sampling_priority = sampling_priority
+        self.origin = origin
+        self.tags = tags if tags is not None else {}  # _dd.p.* keys only, except _dd.p.tid
+        self.tracestate = tracestate  # other vendors' W3C tracestate members, kept as is
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Context) and all(
+            getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={getattr(self, k)!r}" for k in self.__slots__)
+        return f"Context({fields})"
+
+
+class TraceBuffer:
+    """The spans of one trace in this process, and the trace's sampling and propagation state."""
+
+    __slots__ = (
+        "trace_id", "root", "priority", "tags", "origin", "tracestate", "closed_reason",
+        "_lock", "_open", "_finished", "_registry", "__weakref__",
+    )
+
+    def __init__(self, trace_id: int, registry: OpenTraces) -> None:
+        self.trace_id = trace_id
+        self.root: Optional[Span] = None  # the local root: the first span started here
+        self.priority: Optional[int] = None  # None until sampling has decided
+        self.tags: dict[str, str] = {}  # propagated trace tags (_dd.p.*)
+        self.origin: Optional[str] = None
+        self.tracestate: Optional[str] = None
+        self.closed_reason: Optional[str] = None  # set when evicted or inherited across fork
+        self._lock = threading.Lock()
+        self._open = 0
+        self._finished: list[Span] = []
+        self._registry = registry
+
+    @classmethod
+    def continuing(cls, parent: Context | TraceBuffer, registry: OpenTraces) -> TraceBuffer:
+        """A new buffer for a trace that started elsewhere (another process or a closed buffer)."""
+        trace = cls(parent.trace_id, registry)
+        if isinstance(parent, Context):
+            trace.priority = parent.sampling_priority
+        else:
+            trace.priority = parent.priority
+        trace.tags = dict(parent.tags)
+        trace.origin = parent.origin
+        trace.tracestate = parent.tracestate
+        return trace
+
+    def set_decision(self, priority: int, mechanism: str) -> None:
+        self.priority = priority
+        # Like ddtrace: the decision maker travels only with traces that are kept.
+        if priority > 0:
+            self.tags["_dd.p.dm"] = mechanism
+        else:
+            self.tags.pop("_dd.p.dm", None)
+
+    def span_started(self, span: Span) -> None:
+        victim = None
+        with self._lock:
+            if self.root is None:
+                self.root = span
+            self._open += 1
+            if self._open == 1:
+                victim = self._registry.add(self)
+        if victim is not None:
+            victim.close("open_trace_evicted")
+
+    def span_finished(self, span: Span) -> Optional[list[Span]]:
+        """Take ``span`` back; returns a chunk of finished spans when one is ready to send."""
+        with self._lock:
+            reason = self.closed_reason
+            if reason is None:
+                self._finished.append(span)
+                self._open -= 1
+                if self._open and len(self._finished) < self._registry.partial_flush_min_spans:
+                    return None
+                if not self._open:
+                    self._registry.discard(self)
+                chunk, self._finished = self._finished, []
+                return chunk
+        # A span of a closed buffer: nobody will send it.
+        STATS.incr("spans.finished")
+        STATS.incr(f"spans.dropped.{reason}")
+        return None
+
+    def close(self, reason: str) -> None:
+        """Stop collecting: drop (and count) the waiting spans and any that finish later."""
+        with self._lock:
+            if self.closed_reason is not None:
+                return
+            self.closed_reason = reason
+            dropped, self._finished = len(self._finished), []
+        if dropped:
+            STATS.incr("spans.finished", dropped)
+            STATS.incr(f"spans.dropped.{reason}", dropped)
+
+    def _forget_after_fork(self) -> None:
+        # Runs in the child with one thread; a lock held by a vanished thread must not be reused.
+        self._lock = threading.Lock()
+        self.closed_reason = "fork"
+        self._finished = []
+
+
+class OpenTraces:
+    """The buffers of the traces that have open spans, oldest first, at most ``max_traces``."""
+
+    def __init__(self, max_traces: int = 10_000, partial_flush_min_spans: int = 300) -> None:
+        self.max_traces = max_traces
+        self.partial_flush_min_spans = partial_flush_min_spans
+        self._lock = threading.Lock()
+        self._traces: dict[TraceBuffer, None] = {}  # insertion-ordered set
+        _REGISTRIES.add(self)
+
+    def add(self, trace: TraceBuffer) -> Optional[TraceBuffer]:
+        """Register ``trace``; returns the oldest trace if it must now be evicted."""
+        with self._lock:
+            self._traces[trace] = None
+            if len(self._traces) <= self.max_traces:
+                return None
+            oldest = next(iter(self._traces))
+            del self._traces[oldest]
+            return oldest
+
+    def discard(self, trace: TraceBuffer) -> None:
+        with self._lock:
+            self._traces.pop(trace, None)
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+    def _forget_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        for trace in self._traces:
+            trace._forget_after_fork()
+        self._traces.clear()
+
+
+_REGISTRIES: weakref.WeakSet[OpenTraces] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for registry in list(_REGISTRIES):
+        registry._forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,113 @@
+"""Sampling: which traces the Datadog backend keeps.
+
+A decision is made once per trace, on its local root, and recorded as a sampling priority
+(``_sampling_priority_v1`` on the chunk root): 2/-1 for a user rule (:class:`RateSampler`,
+``DD_TRACE_SAMPLE_RATE``), 1/0 for the agent's rates (:class:`PrioritySampler`, the default).
+Rejected traces are still sent with their priority so that the agent's statistics stay complete;
+the agent drops them after counting.
+
+Every sampler hashes the low 64 bits of the trace id with Knuth's multiplicative factor, exactly
+as the Datadog agent does, so a trace is kept or dropped consistently everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Optional
+
+from ddagent.ids import LOW_64
+from ddagent.span import Span
+
+log = logging.getLogger("ddagent.sampler")
+
+KNUTH_FACTOR = 1111111111111111111
+
+USER_REJECT = -1
+AUTO_REJECT = 0
+AUTO_KEEP = 1
+USER_KEEP = 2
+
+# _dd.p.dm values: who decided.
+MECHANISM_DEFAULT = "-0"
+MECHANISM_AGENT_RATE = "-1"
+MECHANISM_RULE = "-3"
+
+DEFAULT_RATE_KEY = "service:,env:"
+
+
+def keeps(trace_id: int, rate: float) -> bool:
+    """The agent-compatible decision for ``trace_id`` at ``rate``."""
+    return ((trace_id & LOW_64) * KNUTH_FACTOR) & LOW_64 <= int(rate * LOW_64)
+
+
+class RateSampler:
+    """Keeps ``sample_rate`` of the traces (a user rule: priority 2 or -1).
+
+    The rate is clamped to [0, 1], so 0 keeps nothing. A NaN or non-numeric rate logs a warning
+    and keeps everything.
+    """
+
+    def __init__(self, sample_rate: float = 1.0) -> None:
+        self.sample_rate = sample_rate
+
+    @property
+    def sample_rate(self) -> float:
+        return self._rate
+
+    @sample_rate.setter
+    def sample_rate(self, rate: float) -> None:
+        try:
+            rate = float(rate)
+            if math.isnan(rate):
+                raise ValueError(rate)
+        except (TypeError, ValueError):
+            log.warning("ddagent: invalid sample rate %r: expected a number in [0, 1]; using 1.0",
+                        rate)
+            rate = 1.0
+        self._rate = min(1.0, max(0.0, rate))
+
+    def sample(self, span: Span) -> None:
+        keep = keeps(span.trace_id, self._rate)
+        span.set_sampling_decision(USER_KEEP if keep else USER_REJECT, MECHANISM_RULE)
+        span.metrics["_dd.rule_psr"] = self._rate
+        span.metrics["_sample_rate"] = self._rate  # the seed's name for the same number
+
+
+class AllSampler(RateSampler):
+    """Keeps every trace (the seed's default, as a user rule)."""
+
+    def __init__(self) -> None:
+        super().__init__(1.0)
+
+
+class PrioritySampler:
+    """Samples with the rates the agent answers (``rate_by_service``): priority 1 or 0.
+
+    Before the agent has answered, every trace is kept. The rate for a root is looked up as
+    ``service:<service>,env:<env>``, then under the default key ``service:,env:``.
+    """
+
+    def __init__(self, env: Optional[str] = None) -> None:
+        self.env = env or ""
+        self._rates: dict[str, float] = {}
+
+    def update_rates(self, rate_by_service: dict[str, float]) -> None:
+        """Install the agent's latest answer (called from the writer's thread)."""
+        self._rates = dict(rate_by_service)  # one reference swap; readers see old or new
+
+    @property
+    def rates(self) -> dict[str, float]:
+        return dict(self._rates)
+
+    def sample(self, span: Span) -> None:
+        rates = self._rates
+        rate = rates.get(f"service:{span.service or ''},env:{self.env}")
+        if rate is None:
+            rate = rates.get(DEFAULT_RATE_KEY)
+        if rate is None:
+            span.set_sampling_decision(AUTO_KEEP, MECHANISM_DEFAULT)
+            return
+        keep = keeps(span.trace_id, rate)
+        span.set_sampling_decision(AUTO_KEEP if keep else AUTO_REJECT, MECHANISM_AGENT_RATE)
+        span.metrics["_dd.agent_psr"] = rate
