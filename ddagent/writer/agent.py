@@ -184,10 +184,13 @@ class AgentWriter:
 
         Waits for a send in progress first. ``timeout=None`` means the writer's ``send_budget``.
         """
+        return self._flush(timeout, interrupt=None)
+
+    def _flush(self, timeout: Optional[float], interrupt: Optional[threading.Event]) -> bool:
         try:
             if self._fork_dropped_spans:
                 self._count_fork_drops()
-            return self._send_buffer(self._deadline(timeout))
+            return self._send_buffer(self._deadline(timeout), interrupt)
         except Exception:
             STATS.incr("writer.errors")
             self._log.log(logging.ERROR, "flush", "ddagent writer flush failed", exc_info=True)
@@ -222,8 +225,11 @@ class AgentWriter:
             self._buffer_bytes = 0
         return batch
 
-    def _send_buffer(self, deadline: float) -> bool:
-        """Take the buffer and send it as one or more payloads. True if everything was delivered."""
+    def _send_buffer(self, deadline: float, interrupt: Optional[threading.Event]) -> bool:
+        """Take the buffer and send it as one or more payloads. True if everything was delivered.
+
+        Setting ``interrupt`` cuts retries short (the worker's, so that ``stop`` gets the lock).
+        """
         if not self._send_lock.acquire(timeout=max(deadline - time.monotonic(), 0.0)):
             return False
         try:
@@ -232,7 +238,9 @@ class AgentWriter:
             for start, end in self._payload_bounds(batch.traces):
                 spans = sum(batch.span_counts[start:end])
                 try:
-                    self._send_payload(join_traces(batch.traces[start:end]), end - start, deadline)
+                    self._send_payload(
+                        join_traces(batch.traces[start:end]), end - start, deadline, interrupt
+                    )
                 except _Failure as failure:
                     delivered = False
                     STATS.incr("payloads.errors")
@@ -258,7 +266,10 @@ class AgentWriter:
             bounds.append((start, len(traces)))
         return bounds
 
-    def _send_payload(self, body: bytes, trace_count: int, deadline: float) -> None:
+    def _send_payload(
+        self, body: bytes, trace_count: int, deadline: float,
+        interrupt: Optional[threading.Event],
+    ) -> None:
         """Deliver one payload, retrying what may pass later; raise _Failure when giving up."""
         backoff = _FIRST_BACKOFF
         for attempt in range(1, _MAX_ATTEMPTS + 1):
@@ -279,10 +290,12 @@ class AgentWriter:
                 failure = self._status_failure(response.status, response.body)
                 if response.status < 500 and response.status not in _RETRIED_STATUSES:
                     raise failure
-            # Stopping: hand the rest of the deadline to the final flush instead of sleeping.
-            if attempt == _MAX_ATTEMPTS or self._stopping.wait(
-                min(backoff, max(deadline - time.monotonic(), 0.0))
-            ):
+            if attempt == _MAX_ATTEMPTS:
+                raise failure
+            pause = min(backoff, max(deadline - time.monotonic(), 0.0))
+            if interrupt is None:
+                time.sleep(pause)
+            elif interrupt.wait(pause):
                 raise failure
             backoff *= 2
         raise AssertionError("unreachable")  # the loop always returns or raises
@@ -353,7 +366,7 @@ def _run_worker(
         writer = writer_ref()
         if writer is None or stopping.is_set():
             return
-        writer.flush(writer.send_budget)
+        writer._flush(writer.send_budget, interrupt=stopping)
         del writer
 
 
