@@ -1,0 +1,139 @@
+"""sqlite3 (C module, wrapt proxies): spans at the test agent, errors, runtime toggling."""
+
+from __future__ import annotations
+
+import sqlite3
+import sqlite3.dbapi2
+import threading
+
+import pytest
+
+from ddagent import probes
+from ddagent.pin import Pin
+from tests.integrations.conftest import enabled, spans_named
+
+ORIGINAL_CONNECT = sqlite3.connect
+
+
+@pytest.fixture
+def sqlite_probes():
+    yield from enabled("sqlite3")
+
+
+def test_queries_are_children_of_the_user_span(sqlite_probes, agent_tracer, test_agent):
+    conn = sqlite3.connect(":memory:")
+    with agent_tracer.trace("app.work", service="app") as root:
+        conn.execute("create table t (a integer)")
+        conn.executemany("insert into t values (?)", [(1,), (2,), (3,)])
+        cur = conn.cursor()
+        assert cur.execute("select a from t order by a").fetchall() == [(1,), (2,), (3,)]
+        cur.executescript("update t set a = a + 1; delete from t where a = 4;")
+    conn.close()
+    agent_tracer.flush(10)
+
+    spans = spans_named(test_agent.wait_for_traces(1), "sqlite.query")
+    assert [s["resource"] for s in spans] == [
+        "create table t (a integer)",
+        "insert into t values (?)",
+        "select a from t order by a",
+        "update t set a = a + 1; delete from t where a = 4;",
+    ]
+    for span in spans:
+        assert span["service"] == "sqlite"
+        assert span["type"] == "sql"
+        assert span["parent_id"] == root.span_id
+        assert span["error"] == 0
+        assert span["meta"]["component"] == "sqlite"
+        assert span["meta"]["db.system"] == "sqlite"
+        assert span["meta"]["span.kind"] == "client"
+        assert "out.host" not in span["meta"]
+    assert [s["metrics"]["db.row_count"] for s in spans] == [-1, 3, -1, -1]
+    test_agent.assert_no_check_failures()
+
+
+def test_connections_behave_like_sqlite_connections(sqlite_probes, list_writer, tmp_path):
+    conn = sqlite3.dbapi2.connect(str(tmp_path / "db.sqlite"))
+    assert isinstance(conn, sqlite3.Connection)
+    with conn as same:
+        assert same is conn
+        same.execute("create table t (a)")
+    cur = conn.execute("insert into t values (1)")
+    assert isinstance(cur, sqlite3.Cursor)
+    assert cur.execute("select count(*) from t") is cur
+    assert cur.fetchone() == (1,)
+    assert list(conn.execute("select a from t")) == [(1,)]
+    conn.close()
+    assert [s.name for s in list_writer.spans] == ["sqlite.query"] * 4
+
+
+def test_bad_sql_marks_the_span_and_the_app_gets_sqlite_error(sqlite_probes, agent_tracer,
+                                                              test_agent):
+    conn = sqlite3.connect(":memory:")
+    with pytest.raises(sqlite3.OperationalError, match="no such table"):
+        conn.cursor().execute("select * from missing")
+    agent_tracer.flush(10)
+
+    [span] = spans_named(test_agent.wait_for_traces(1), "sqlite.query")
+    assert span["error"] == 1
+    assert span["meta"]["error.type"] == "sqlite3.OperationalError"
+    assert span["meta"]["error.message"] == "no such table: missing"
+
+
+def test_pin_on_the_connection_sets_the_service(sqlite_probes, list_writer, monkeypatch):
+    monkeypatch.setenv("DD_SQLITE_SERVICE", "sqlite-from-env")
+    conn = sqlite3.connect(":memory:")
+    conn.execute("select 1")
+    Pin.override(conn, service="sqlite-from-pin")
+    conn.execute("select 2")
+    conn.cursor().execute("select 3")
+    assert [s.service for s in list_writer.spans] == [
+        "sqlite-from-env", "sqlite-from-pin", "sqlite-from-pin"]
+
+
+def test_disable_while_threads_query(list_writer):
+    """Eight threads keep querying (on connections opened while traced) through a disable."""
+    probes.enable("sqlite3")
+    assert sqlite3.connect is not ORIGINAL_CONNECT
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    calls = [0] * 8
+
+    def worker(i: int) -> None:
+        try:
+            conn = sqlite3.connect(":memory:", check_same_thread=False)
+            while not stop.is_set():
+                assert conn.execute("select ?", (i,)).fetchone() == (i,)
+                calls[i] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    def each_thread_completes_calls(n: int = 2) -> None:
+        start = list(calls)
+        while any(calls[i] < start[i] + n for i in range(8)) and not errors:
+            stop.wait(0.01)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    try:
+        each_thread_completes_calls()
+        assert list_writer.count() > 0
+
+        probes.disable("sqlite3")
+        assert sqlite3.connect is ORIGINAL_CONNECT
+        assert sqlite3.dbapi2.connect is ORIGINAL_CONNECT
+        each_thread_completes_calls()
+        while_disabled = list_writer.count()
+        each_thread_completes_calls()
+        assert list_writer.count() == while_disabled
+
+        probes.enable("sqlite3")
+        each_thread_completes_calls()
+        assert list_writer.count() > while_disabled
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        probes.disable("sqlite3")
+    assert errors == []
+    assert sqlite3.connect is ORIGINAL_CONNECT and sqlite3.dbapi2.connect is ORIGINAL_CONNECT
