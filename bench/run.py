@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -77,12 +76,6 @@ def ensure_venvs() -> None:
                        check=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small counts, 3 rounds")
@@ -98,7 +91,7 @@ def main() -> None:
 
     sys.path.insert(0, str(REPO))
     from bench.runner import Context, print_table, run_scenario
-    from tests.testagent import TestAgentProcess
+    from tests.testagent import TestAgentProcess, free_port
 
     otlp_port = free_port()
     agent = TestAgentProcess(extra_env={"OTLP_HTTP_PORT": str(otlp_port)})

@@ -51,15 +51,12 @@ def _baseline() -> Tracing:
 
 def _ddagent() -> Tracing:
     try:
-        from ddagent import tracer
+        from ddagent.tracer import tracer
     except ImportError as e:
         raise Unavailable(f"ddagent tracer not importable yet ({e})") from e
-
-    def flush() -> None:
-        tracer.writer.flush(30.0)
-
     return Tracing(
-        span=tracer.trace, tag=lambda span, k, v: span.set_tag(k, v), flush=flush, tracer=tracer
+        span=tracer.trace, tag=lambda span, k, v: span.set_tag(k, v),
+        flush=lambda: tracer.flush(30.0), tracer=tracer,
     )
 
 
