@@ -1,0 +1,229 @@
+"""``python -m ddagent [options] (script.py | -m module) [args...]``: run a program traced.
+
+The program runs as ``python script.py args...`` / ``python -m module args...`` would run it:
+``sys.argv``, ``sys.path[0]``, a new permanent ``__main__`` module with the same attributes
+(``__spec__`` None for a script), the exit code, and an uncaught exception's output, from which
+the launcher's own frames are trimmed (except for ``KeyboardInterrupt``, which is left to the
+interpreter so the process still dies of SIGINT). The only difference: ``ddagent.auto`` is
+imported first, which installs the integrations and traces child Python processes.
+
+The module body is laid out like coverage.py's runner: a script is compiled and executed in a
+fresh ``__main__`` module rather than through ``runpy.run_path``, which would put the launcher's
+``__main__`` back when the script returns, before atexit handlers and non-daemon threads finish.
+"""
+
+from __future__ import annotations
+
+import argparse
+import builtins
+import json
+import os
+import runpy
+import sys
+import urllib.request
+import zipfile
+from importlib.machinery import SourceFileLoader
+from types import ModuleType, TracebackType
+from typing import Callable, Optional, TextIO
+
+from ddagent.version import __version__
+
+_OPTIONS_WITH_VALUE = ("--service", "--env")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ddagent",
+        usage="%(prog)s [options] (script.py | -m module) [args ...]",
+        description="Run a Python program with Datadog tracing installed before it starts.",
+        epilog="Everything after the script or module name is passed to the program.",
+        allow_abbrev=False,
+    )
+    parser.add_argument("--service", metavar="NAME", help="service name (sets DD_SERVICE)")
+    parser.add_argument("--env", metavar="NAME", help="environment name (sets DD_ENV)")
+    parser.add_argument(
+        "--info",
+        action="store_true",
+        help="print the configuration, the agent's reachability and the integrations, and exit",
+    )
+    parser.add_argument("--version", action="version", version=f"ddagent {__version__}")
+    return parser
+
+
+def _split_command_line(
+    parser: argparse.ArgumentParser, argv: list[str]
+) -> tuple[list[str], Optional[str], Optional[str], list[str]]:
+    """Split into (launcher options, script, module, program arguments).
+
+    Options end at the first non-option word (the script) or at ``-m module``, as for the
+    interpreter itself; everything after belongs to the program, even words that look like ours.
+    """
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "-m":
+            if i + 1 == len(argv):
+                parser.error("argument -m: expected a module name")
+            return argv[:i], None, argv[i + 1], argv[i + 2 :]
+        if arg.startswith("-m") and not arg.startswith("--"):  # -mpackage.module
+            return argv[:i], None, arg[2:], argv[i + 1 :]
+        if arg == "--":
+            if i + 1 == len(argv):
+                parser.error("expected a script after --")
+            return argv[:i], argv[i + 1], None, argv[i + 2 :]
+        if not arg.startswith("-"):
+            return argv[:i], arg, None, argv[i + 1 :]
+        i += 2 if arg in _OPTIONS_WITH_VALUE else 1
+    return argv, None, None, []
+
+
+def _new_main_module() -> ModuleType:
+    main = ModuleType("__main__")
+    main.__builtins__ = builtins  # type: ignore[attr-defined]
+    main.__annotations__ = {}
+    sys.modules["__main__"] = main
+    return main
+
+
+def _set_sys_path0(entry: str) -> None:
+    # With -P (3.11+) the interpreter prepends nothing, so there is nothing to replace.
+    if not getattr(sys.flags, "safe_path", False):
+        sys.path[0] = entry
+
+
+def _absolute(path: str) -> str:
+    # The interpreter joins the cwd and the path as given, without normalizing "..".
+    return path if os.path.isabs(path) else os.path.join(os.getcwd(), path)
+
+
+def _run_script(path: str, args: list[str]) -> None:
+    sys.argv = [path, *args]
+    if os.path.isdir(path) or zipfile.is_zipfile(path):
+        # A directory or zip archive runs its __main__.py, found through sys.path[0].
+        _set_sys_path0(_absolute(path))
+        _new_main_module()
+        runpy._run_module_as_main("__main__", alter_argv=False)  # type: ignore[attr-defined]
+        return
+    absolute = _absolute(path)
+    _set_sys_path0(os.path.dirname(os.path.realpath(path)))
+    main = _new_main_module()
+    main.__file__ = absolute
+    main.__cached__ = None  # type: ignore[attr-defined]
+    main.__loader__ = SourceFileLoader("__main__", absolute)
+    with open(absolute, "rb") as f:
+        source = f.read()
+    exec(compile(source, absolute, "exec", dont_inherit=True), main.__dict__)
+
+
+def _run_module(name: str, args: list[str]) -> None:
+    sys.argv = ["-m", *args]
+    _set_sys_path0(os.getcwd())
+    _new_main_module()
+    # What the interpreter itself runs for `python -m`: it finds the module (or a package's
+    # __main__), executes it in sys.modules["__main__"], sets sys.argv[0] to its path, and
+    # reports "No module named ..." as python does.
+    runpy._run_module_as_main(name, alter_argv=True)  # type: ignore[attr-defined]
+
+
+def _program_traceback(tb: Optional[TracebackType]) -> Optional[TracebackType]:
+    """``tb`` without the launcher's own leading frames."""
+    while tb is not None and tb.tb_frame.f_globals is globals():
+        tb = tb.tb_next
+    return tb
+
+
+def _run_program(run: Callable[[], None]) -> int:
+    """Run the program; report an uncaught exception as the interpreter would, minus our frames."""
+    try:
+        run()
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as exc:
+        tb = _program_traceback(exc.__traceback__)
+        exc = exc.with_traceback(tb)
+        sys.excepthook(type(exc), exc, tb)
+        return 1
+    return 0
+
+
+def _agent_answer(url: str) -> str:
+    if not url.startswith(("http://", "https://")):
+        return "not checked (only http(s) URLs are probed)"
+    try:
+        with urllib.request.urlopen(url.rstrip("/") + "/info", timeout=1) as response:
+            info = json.loads(response.read() or b"{}")
+    except Exception as exc:
+        return f"does not answer ({exc})"
+    version = info.get("version") if isinstance(info, dict) else None
+    return f"answers (agent version {version})" if version else "answers"
+
+
+def _print_info(out: TextIO) -> None:
+    print(f"ddagent {__version__} on Python {sys.version.split()[0]} ({sys.executable})", file=out)
+    print("\nConfiguration:", file=out)
+    try:
+        from ddagent.config import Config
+
+        config = Config.from_env()
+    except Exception as exc:
+        print(f"  unavailable: the configuration could not be read ({exc!r})", file=out)
+        return
+    for field, source in config.sources.items():
+        print(f"  {field} = {getattr(config, field)!r}  ({source})", file=out)
+    print(f"\nAgent: {config.agent_url} {_agent_answer(config.agent_url)}", file=out)
+    print("\nIntegrations:", file=out)
+    try:
+        from ddagent.hooks.registry import status
+
+        integrations = status()
+    except Exception as exc:
+        print(f"  unavailable: the integration registry could not be loaded ({exc!r})", file=out)
+        return
+    print(f"  {'name':<16}{'library':<28}{'enabled':<9}{'instrumented':<14}errors", file=out)
+    for item in integrations:
+        if item.get("installed"):
+            library = f"{item.get('module')} {item.get('version') or ''}".strip()
+        else:
+            library = "not installed"
+        print(
+            f"  {item.get('name', '?'):<16}{library:<28}"
+            f"{'yes' if item.get('enabled') else 'no':<9}"
+            f"{'yes' if item.get('instrumented') else 'no':<14}{item.get('errors', 0)}",
+            file=out,
+        )
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = _parser()
+    option_args, script, module, program_args = _split_command_line(
+        parser, sys.argv[1:] if argv is None else argv
+    )
+    options = parser.parse_args(option_args)
+    if options.service is not None:
+        os.environ["DD_SERVICE"] = options.service
+    if options.env is not None:
+        os.environ["DD_ENV"] = options.env
+    if options.info:
+        _print_info(sys.stdout)
+        return 0
+    if script is None and module is None:
+        parser.error("a script or -m module to run is required")
+
+    if script is not None and not os.path.exists(script):
+        # The interpreter's own wording and status for a missing script.
+        print(f"{sys.executable}: can't open file {_absolute(script)!r}: "
+              "[Errno 2] No such file or directory", file=sys.stderr)
+        return 2
+
+    try:
+        import ddagent.auto  # noqa: F401
+    except Exception as exc:  # the program runs, untraced, rather than not at all
+        print(f"ddagent: tracing not installed: {exc!r}", file=sys.stderr)
+
+    if script is not None:
+        return _run_program(lambda: _run_script(script, program_args))
+    return _run_program(lambda: _run_module(module, program_args))  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""``import ddagent.auto``: instrument this program and the Python processes it starts.
+
+Importing it (first thing in a program, or implicitly through ``python -m ddagent``):
+
+- installs every enabled integration through ``ddagent.hooks.registry.patch_all()``; a missing
+  or failing registry is logged and skipped, never raised into the application;
+- prepends ``ddagent/bootstrap`` to ``PYTHONPATH`` in this process's environment, so that child
+  Python processes (``subprocess``, ``multiprocessing`` spawn and forkserver) import the
+  bootstrap ``sitecustomize``, which imports this module in them too. Interpreters started with
+  ``-E``, ``-I`` or ``-S`` ignore it and run untraced.
+
+A module body runs once per process, so importing it again does nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
+
+_log = logging.getLogger(__name__)
+
+
+def _patch_all() -> None:
+    try:
+        from ddagent.hooks.registry import patch_all
+
+        patch_all()
+    except Exception:
+        _log.warning("ddagent: could not install the integrations", exc_info=True)
+
+
+def _trace_child_processes() -> None:
+    current = os.environ.get("PYTHONPATH", "")
+    entries = current.split(os.pathsep) if current else []
+    if BOOTSTRAP_DIR not in entries:
+        os.environ["PYTHONPATH"] = os.pathsep.join([BOOTSTRAP_DIR, *entries])
+
+
+_trace_child_processes()
+_patch_all()

@@ -1,0 +1,1 @@
+"""The directory ``ddagent.auto`` puts on child processes' ``PYTHONPATH``; see sitecustomize.py."""
