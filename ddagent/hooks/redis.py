@@ -84,7 +84,6 @@ def _text(value: Any) -> str:
 integration = Integration(
     "redis",
     service="redis",
-    distribution="redis",
     probes=[
         FunctionProbe("redis.client", "Redis.execute_command",
                       on_call=_command_span, on_return=_record_hit),

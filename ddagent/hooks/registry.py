@@ -99,8 +99,7 @@ class Integration:
 
     ``name`` is the ``patch()`` keyword; ``service`` the default service of its spans;
     ``component`` the ``component`` tag (defaults to ``name``); ``span_kind`` the ``span.kind``
-    tag; ``distribution`` the PyPI distribution whose version ``status()`` reports (None for
-    the standard library).
+    tag.
     """
 
     def __init__(
@@ -111,14 +110,12 @@ class Integration:
         service: str,
         component: str | None = None,
         span_kind: str = "client",
-        distribution: str | None = None,
     ) -> None:
         self.name = name
         self.probes = tuple(probes)
         self.service = service
         self.component = component or name
         self.span_kind = span_kind
-        self.distribution = distribution
         self._service_env_vars = tuple(
             dict.fromkeys(f"DD_{n.upper()}_SERVICE" for n in (name, self.component))
         )
@@ -257,8 +254,9 @@ class FunctionProbe:
     ``path`` is ``"function"`` or ``"Class.method"`` inside ``module``. A method is probed on
     the class that defines it (the MRO is walked), so every subclass that inherits it is traced;
     classmethods and staticmethods are unwrapped to their function. Each call runs
-    ``on_call(integration, *params)`` (params in the function's parameter order, with ``*args``
-    as a tuple and ``**kwargs`` as a dict) which returns a span or None, and on a normal return
+    ``on_call(integration, *params)`` (params: the positional parameters, the keyword-only ones,
+    then the ``*args`` tuple and the ``**kwargs`` dict) which returns a span or None, and on a
+    normal return
     ``on_return(span, result, *params)``. Exceptions are recorded on the span automatically.
 
     Where code cannot be rewritten (another interpreter, or a function the rewriter refuses)
@@ -492,15 +490,15 @@ def _library_installed(name: str) -> bool:
         return False
 
 
-def _library_version(integration: Integration | None, name: str) -> str | None:
-    if integration is not None and integration.distribution is None:
-        module = sys.modules.get(KNOWN_INTEGRATIONS[name][1])
-        return getattr(module, "sqlite_version", None) or getattr(module, "__version__", None)
-    distribution = integration.distribution if integration else KNOWN_INTEGRATIONS[name][1]
+def _library_version(name: str) -> str | None:
+    library = KNOWN_INTEGRATIONS[name][1]
     try:
-        return importlib.metadata.version(distribution)
+        return importlib.metadata.version(library)
     except Exception:
-        return None
+        # Not a distribution of that name (the standard library's sqlite3): ask the module,
+        # if it is imported already (status() never imports a library).
+        module = sys.modules.get(library)
+        return getattr(module, "__version__", None) or getattr(module, "sqlite_version", None)
 
 
 def status() -> list[dict[str, Any]]:
@@ -517,7 +515,7 @@ def status() -> list[dict[str, Any]]:
             "name": name,
             "module": library,
             "installed": installed,
-            "version": _library_version(integration, name) if installed else None,
+            "version": _library_version(name) if installed else None,
             "implemented": hook_module is not None,
             "enabled": bool(integration and integration.enabled),
             "instrumented": bool(integration and integration.instrumented),

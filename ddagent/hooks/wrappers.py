@@ -95,12 +95,17 @@ def wrap_attribute(owner: Any, attr: str, raw: Any, enter: Callable[[tuple], Any
                    exit: Callable[[Any, Any, BaseException | None], None]) -> Callable[[], None]:
     """Replace ``owner.attr`` (whose raw value is ``raw``) by a wrapper calling enter/exit.
 
-    The hooks receive the same parameter tuple as with code rewriting (the function's parameters
-    in order, ``*args`` as a tuple, ``**kwargs`` as a dict).
+    The hooks receive the same parameter tuple as with code rewriting (positional parameters,
+    keyword-only ones, then the ``*args`` tuple and the ``**kwargs`` dict).
     """
     func = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
     signature = inspect.signature(func)
-    names = list(signature.parameters)
+    code = func.__code__
+    # The rewriter's order: positional, keyword-only, then the *args tuple and **kwargs dict.
+    count = (code.co_argcount + code.co_kwonlyargcount
+             + bool(code.co_flags & inspect.CO_VARARGS)
+             + bool(code.co_flags & inspect.CO_VARKEYWORDS))
+    names = code.co_varnames[:count]
     prepend_instance = not isinstance(raw, staticmethod)
 
     def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:

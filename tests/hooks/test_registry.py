@@ -1,0 +1,290 @@
+"""The probe registry on a throwaway library: install on import, MRO, class/static methods,
+disable/enable identity, guarded probes, the wrapt fallback, and patch()/patch_all() semantics."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import textwrap
+
+import pytest
+
+from ddagent import probes
+from ddagent.hooks import registry, rewrite, wrappers
+from ddagent.hooks.registry import PatchError
+from ddagent.stats import STATS
+from ddagent.tracer import tracer
+
+TOYLIB = '''
+class Base:
+    def call(self, x, *rest, scale=1, **extra):
+        return x * 2 * scale
+
+class Client(Base):
+    @classmethod
+    def build(cls, name):
+        return f"{cls.__name__}:{name}"
+
+    @staticmethod
+    def double(x):
+        return x * 2
+
+    def fail(self):
+        raise KeyError("missing")
+'''
+
+TOYHOOK = '''
+from ddagent.hooks.registry import FunctionProbe, Integration
+
+CALLS = []
+
+def on_call(integration, *params):
+    CALLS.append(params)
+    return integration.start_span(params[0], "toy.call", resource="call", span_type="toy")
+
+def on_return(span, result, *params):
+    span.set_metric("toy.result", result)
+
+integration = Integration(
+    "toy",
+    service="toy-service",
+    probes=[
+        FunctionProbe("toylib", "Client.call", on_call=on_call, on_return=on_return),
+        FunctionProbe("toylib", "Client.build", on_call=on_call),
+        FunctionProbe("toylib", "Client.double", on_call=on_call),
+        FunctionProbe("toylib", "Client.fail", on_call=on_call),
+    ],
+)
+'''
+
+
+class ListWriter:
+    def __init__(self) -> None:
+        self.spans: list = []
+
+    def write(self, spans: list) -> None:
+        self.spans.extend(spans)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        return True
+
+    def stop(self, timeout: float | None = None) -> None:
+        pass
+
+
+@pytest.fixture
+def written():
+    writer = ListWriter()
+    tracer.writer = writer
+    return writer.spans
+
+
+@pytest.fixture
+def toy(tmp_path, monkeypatch):
+    """Registers the "toy" integration (hook module ``toyhook`` for library ``toylib``)."""
+    (tmp_path / "toylib.py").write_text(textwrap.dedent(TOYLIB))
+    (tmp_path / "toyhook.py").write_text(textwrap.dedent(TOYHOOK))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(registry.KNOWN_INTEGRATIONS, "toy", ("toyhook", "toylib"))
+    yield
+    if "toy" in registry._LOADED:
+        probes.disable("toy")
+        del registry._LOADED["toy"]
+    for name in ("toylib", "toyhook"):
+        sys.modules.pop(name, None)
+
+
+def test_patch_before_import_instruments_on_import(toy, written):
+    registry.patch(toy=True)
+    assert "toylib" not in sys.modules  # nothing imported eagerly
+    import toylib
+
+    assert toylib.Client().call(3, 4, scale=5, flag=True) == 30
+    [span] = written
+    assert (span.name, span.service, span.resource, span.span_type) == (
+        "toy.call", "toy-service", "call", "toy")
+    assert span.meta["component"] == "toy"
+    assert span.metrics["toy.result"] == 30
+    # The parameters come as: self, x, scale (keyword-only), then *rest and **extra.
+    [params] = sys.modules["toyhook"].CALLS
+    assert params[1:] == (3, 5, (4,), {"flag": True})
+
+
+def test_a_method_is_probed_where_it_is_defined(toy, written):
+    import toylib
+
+    original = toylib.Base.call.__code__
+    probes.enable("toy")
+    assert toylib.Base.call.__code__ is not original  # Client inherits it from Base
+    assert toylib.Base().call(1) == 2  # so Base instances are traced too
+    assert len(written) == 1
+
+
+def test_classmethod_and_staticmethod(toy, written):
+    import toylib
+
+    probes.enable("toy")
+    assert toylib.Client.build("a") == "Client:a"
+    assert toylib.Client().double(4) == 8
+    assert [s.name for s in written] == ["toy.call", "toy.call"]
+
+
+def test_disable_restores_the_original_code_and_enable_reapplies(toy, written):
+    import toylib
+
+    originals = {n: rewrite.original_code(rewrite.underlying_function(vars(k)[n]))
+                 for k, n in [(toylib.Base, "call"), (toylib.Client, "build"),
+                              (toylib.Client, "double"), (toylib.Client, "fail")]}
+    probes.enable("toy")
+    probes.disable("toy")
+    assert toylib.Base.call.__code__ is originals["call"]
+    assert toylib.Client.build.__func__.__code__ is originals["build"]
+    assert toylib.Client.double.__code__ is originals["double"]
+    assert toylib.Client.fail.__code__ is originals["fail"]
+    toylib.Client().call(1)
+    assert written == []
+
+    probes.enable("toy")
+    toylib.Client().call(1)
+    assert len(written) == 1
+
+
+def test_exceptions_reach_the_app_and_mark_the_span(toy, written):
+    import toylib
+
+    probes.enable("toy")
+    with pytest.raises(KeyError, match="missing") as info:
+        toylib.Client().fail()
+    assert info.traceback[-1].name == "fail"
+    [span] = written
+    assert span.error == 1
+    assert span.meta["error.type"] == "builtins.KeyError"
+
+
+def test_a_raising_probe_is_caught_counted_and_disables(toy, written, caplog):
+    import toylib
+
+    probes.enable("toy")
+    sys.modules["toyhook"].CALLS = None  # the probe now raises AttributeError
+    before = STATS.get("probes.errors.toy")
+    with caplog.at_level(logging.ERROR, logger="ddagent.hooks.registry"):
+        assert toylib.Client().call(2) == 4
+    assert STATS.get("probes.errors.toy") == before + 1
+    assert "toy probe failed" in caplog.text
+    [row] = [r for r in probes.status() if r["name"] == "toy"]
+    assert (row["enabled"], row["instrumented"], row["errors"]) == (False, False, before + 1)
+    assert not rewrite.is_instrumented(toylib.Base.call)
+    assert written == []
+
+
+def test_the_wrapt_fallback_has_the_same_behaviour(toy, written, monkeypatch, caplog):
+    monkeypatch.setattr(rewrite, "SUPPORTED", False)
+    monkeypatch.setattr(wrappers, "_fallback_noted", False)
+    import toylib
+
+    raw = {n: vars(toylib.Base if n == "call" else toylib.Client)[n]
+           for n in ("call", "build", "double", "fail")}
+    with caplog.at_level(logging.INFO, logger="ddagent.hooks.wrappers"):
+        probes.enable("toy")
+    assert caplog.text.count("using wrapt wrappers") == 1
+    assert toylib.Client().call(3, scale=2) == 12
+    assert toylib.Client.build("b") == "Client:b"
+    assert toylib.Client.double(5) == 10
+    with pytest.raises(KeyError):
+        toylib.Client().fail()
+    assert [s.error for s in written] == [0, 0, 0, 1]
+    assert sys.modules["toyhook"].CALLS[0][1:] == (3, 2, (), {})
+
+    probes.disable("toy")
+    assert vars(toylib.Base)["call"] is raw["call"]
+    assert all(vars(toylib.Client)[n] is raw[n] for n in ("build", "double", "fail"))
+
+
+def test_tracer_disabled_means_pass_through(toy, written, monkeypatch):
+    import toylib
+
+    probes.enable("toy")
+    monkeypatch.setattr(tracer, "enabled", False)
+    assert toylib.Client().call(1) == 2
+    assert written == []
+
+
+def test_patch_errors():
+    with pytest.raises(PatchError, match="unknown integration 'nosuch'.*redis.*sqlite3"):
+        registry.patch(nosuch=True)
+    with pytest.raises(PatchError, match="pylibmc integration is not implemented yet"):
+        registry.patch(raise_errors=True, pylibmc=True)
+    with pytest.raises(PatchError, match="unknown integration"):
+        probes.enable("nosuch")
+    registry.patch(raise_errors=False, nosuch=True, pylibmc=True)  # logged, not raised
+
+
+def test_patch_raises_when_the_library_is_missing(toy, monkeypatch):
+    monkeypatch.setitem(registry.KNOWN_INTEGRATIONS, "toy", ("toyhook", "toylib_not_installed"))
+    with pytest.raises(PatchError, match="cannot patch toy: the library is not installed"):
+        registry.patch(toy=True)
+
+
+def test_patch_false_does_nothing(toy):
+    registry.patch(toy=False)
+    assert "toy" not in registry._LOADED
+
+
+@pytest.fixture
+def patch_all_cleanup():
+    yield
+    registry.unpatch()
+
+
+def enabled_names() -> set[str]:
+    return {r["name"] for r in probes.status() if r["enabled"]}
+
+
+def test_patch_all_defaults(toy, patch_all_cleanup):
+    registry.patch_all()
+    assert {"redis", "sqlite3", "toy"} <= enabled_names()
+    assert "sqlalchemy" not in enabled_names()
+    assert registry.get_patched_modules() == sorted(enabled_names())
+
+
+def test_patch_all_overrides_then_env(toy, patch_all_cleanup, monkeypatch):
+    registry.patch_all(toy=False, redis=False)
+    assert {"toy", "redis"}.isdisjoint(enabled_names())
+    registry.unpatch()
+
+    monkeypatch.setenv("DD_PATCH_MODULES", "redis:false, toy:true")
+    monkeypatch.setenv("DD_TRACE_SQLITE3_ENABLED", "false")
+    registry.patch_all(toy=False)
+    assert "toy" in enabled_names()
+    assert {"redis", "sqlite3"}.isdisjoint(enabled_names())
+
+
+def test_malformed_env_values_warn_once_and_are_ignored(toy, patch_all_cleanup, monkeypatch,
+                                                       caplog):
+    monkeypatch.setenv("DD_PATCH_MODULES", "redis=false,toy:maybe,sqlite3:false")
+    monkeypatch.setenv("DD_TRACE_TOY_ENABLED", "nope")
+    with caplog.at_level(logging.WARNING, logger="ddagent.hooks.registry"):
+        registry.patch_all()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 2
+    assert "DD_PATCH_MODULES" in warnings[0] and "'redis=false'" in warnings[0]
+    assert "'name:true,name:false'" in warnings[0]
+    assert "DD_TRACE_TOY_ENABLED='nope'" in warnings[1]
+    assert "redis" in enabled_names() and "toy" in enabled_names()  # defaults kept
+    assert "sqlite3" not in enabled_names()  # the well-formed entry applies
+
+
+def test_status_lists_every_seed_library():
+    sqlite3 = importlib.import_module("sqlite3")
+    rows = {r["name"]: r for r in probes.status()}
+    seed = {"django", "pylons", "falcon", "flask", "cassandra", "elasticsearch", "flask_cache",
+            "mongoengine", "pymongo", "pylibmc", "mysql", "psycopg", "redis", "sqlalchemy",
+            "sqlite3", "requests", "urllib3", "bottle"}
+    assert seed <= set(rows)
+    for row in rows.values():
+        assert set(row) == {"name", "module", "installed", "version", "implemented", "enabled",
+                            "instrumented", "errors"}
+    assert rows["redis"]["implemented"] and rows["redis"]["installed"]
+    assert not rows["django"]["implemented"]
+    assert rows["sqlite3"]["version"] == sqlite3.sqlite_version
