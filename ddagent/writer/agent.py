@@ -206,15 +206,19 @@ class AgentWriter:
         deadline = self._deadline(timeout)
         self._stopping.set()
         self._wake.set()
-        self.flush(max(deadline - time.monotonic(), 0.0))
-        worker = self._worker
-        if worker is not None and worker is not threading.current_thread():
-            worker.join(max(deadline - time.monotonic(), 0.0))
-        # Whatever is left (a send we could not wait for kept the lock) is lost at exit.
-        unsent = self._take_buffer()
-        if unsent.traces:
-            STATS.incr("spans.dropped.shutdown", sum(unsent.span_counts))
-        self._transport.close()
+        try:
+            self._flush(max(deadline - time.monotonic(), 0.0), interrupt=None)
+            worker = self._worker
+            if worker is not None and worker is not threading.current_thread():
+                worker.join(max(deadline - time.monotonic(), 0.0))
+            # Whatever is left (a send we could not wait for kept the lock) is lost at exit.
+            unsent = self._take_buffer()
+            if unsent.traces:
+                STATS.incr("spans.dropped.shutdown", sum(unsent.span_counts))
+            self._transport.close()
+        except Exception:
+            STATS.incr("writer.errors")
+            self._log.log(logging.ERROR, "stop", "ddagent writer stop failed", exc_info=True)
 
     def _deadline(self, timeout: Optional[float]) -> float:
         return time.monotonic() + (self.send_budget if timeout is None else max(timeout, 0.0))

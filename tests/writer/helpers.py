@@ -115,3 +115,13 @@ class LocalAgent:
         self._release.set()
         self.server.shutdown()
         self.server.server_close()
+
+
+def wait_until(predicate, timeout: float = 10.0) -> bool:
+    """Poll ``predicate`` until true (a worker may still be finishing a send after ``stop``)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
