@@ -230,18 +230,17 @@ class _Emitter:
             raise CannotRewrite("empty code")
         if sum(i.name in _SETUP_OPS for i in instrs) + 1 > _MAX_BLOCKS:
             raise CannotRewrite("too many blocks for one more SETUP_FINALLY")
-        if PY >= (3, 10):
-            entry_loc = handler_loc = _NO_LOCATION
-        else:
-            # lnotab has no "no line": borrow neighbours' lines so no extra line event fires.
-            entry_loc = _line_of(instrs[0])
-            handler_loc = _line_of(instrs[-1])
         handler = Label()
         head: list = []
         rest = list(body)
         if instrs[0].name == "GEN_START":  # 3.10 generators: the span starts at first resume
             start = rest.index(instrs[0]) + 1
             head, rest = rest[:start], rest[start:]
+        # The entry borrows the first body line: lnotab (3.9) cannot say "no line", and bytecode
+        # 0.17 drops a 3.10 line entry that follows "no line" and repeats the previous real line.
+        entry_loc = _line_of(next(i for i in rest if isinstance(i, Instr)))
+        # The handler borrows the last line on 3.9 so entering it starts no new line.
+        handler_loc = _NO_LOCATION if PY >= (3, 10) else _line_of(instrs[-1])
         out = head + self.prologue(entry_loc)
         out += _located([Instr("SETUP_FINALLY", handler)], entry_loc)
         for item in rest:

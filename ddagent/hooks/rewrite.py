@@ -2,8 +2,8 @@
 
 ``instrument(func, on_enter, on_exit)`` swaps ``func.__code__`` for a rewritten copy; per call::
 
-    token = on_enter(args)       # args: the parameters' values in co_varnames order
-                                 # (positional, keyword-only, then the *args tuple, the **kwargs dict)
+    token = on_enter(args)     # args: the parameters' values in co_varnames order (positional,
+                               # keyword-only, then the *args tuple, the **kwargs dict)
     try:    body; at every `return v`:  on_exit(token, v, None); return v
     except BaseException as e:          on_exit(token, None, e); raise   (traceback unchanged)
 
