@@ -102,6 +102,17 @@ def test_exit_codes_and_uncaught_exception_output_match(kind):
     assert "ddagent" not in traced.stderr
 
 
+@pytest.mark.parametrize("kind", ["code", "raise"])
+def test_module_exit_codes_and_uncaught_exception_output_match(kind):
+    assert_same(*run_both("-m", "exits", kind))
+
+
+def test_keyboard_interrupt_still_ends_the_process_by_sigint():
+    plain, traced = run_both("exits.py", "interrupt")
+    assert plain.returncode == traced.returncode == -2
+    assert traced.stderr.endswith(plain.stderr.splitlines()[-1] + "\n")
+
+
 def test_missing_module_and_missing_script_are_reported_as_python_does():
     assert_same(*run_both("-m", "no_such_module_here"))
     assert_same(*run_both("no_such_script.py"))

@@ -13,6 +13,8 @@ def fail(kind):
             {}["missing"]
         except KeyError as exc:
             raise ValueError("chained failure") from exc
+    if kind == "interrupt":
+        raise KeyboardInterrupt
     if kind == "raise-from-thread-after":
         import threading
         threading.Thread(target=lambda: print("thread done")).start()
