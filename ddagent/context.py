@@ -72,7 +72,7 @@ class TraceBuffer:
 
     def __init__(self, trace_id: int, registry: OpenTraces) -> None:
         self.trace_id = trace_id
-        self.root: Optional[Span] = None  # the local root: the first span started here
+        self.root: Optional[Span] = None  # the local root: first span started while none open
         self.priority: Optional[int] = None  # None until sampling has decided
         self.tags: dict[str, str] = {}  # propagated trace tags (_dd.p.*)
         self.origin: Optional[str] = None
@@ -132,6 +132,13 @@ class TraceBuffer:
         STATS.incr("spans.finished")
         STATS.incr(f"spans.dropped.{reason}")
         return None
+
+    def release_root(self) -> None:
+        """Once nothing is open, drop the root reference (the only span <-> buffer cycle), so
+        refcounting frees a finished trace without waiting for the cyclic garbage collector."""
+        with self._lock:
+            if not self._open:
+                self.root = None
 
     def close(self, reason: str) -> None:
         """Stop collecting: drop (and count) the waiting spans and any that finish later."""

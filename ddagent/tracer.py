@@ -251,6 +251,8 @@ class Tracer:
             chunk = trace.span_finished(span)
             if chunk:
                 self._write_chunk(trace, chunk)
+                if trace.root is span:
+                    trace.release_root()
         except Exception:
             self._internal_error("finishing a span")
 
