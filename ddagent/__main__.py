@@ -193,6 +193,13 @@ def _print_info(out: TextIO) -> None:
         )
 
 
+def _install_tracing() -> None:
+    try:
+        import ddagent.auto  # noqa: F401
+    except Exception as exc:  # the program runs, untraced, rather than not at all
+        print(f"ddagent: tracing not installed: {exc!r}", file=sys.stderr)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = _parser()
     option_args, script, module, program_args = _split_command_line(
@@ -204,6 +211,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if options.env is not None:
         os.environ["DD_ENV"] = options.env
     if options.info:
+        _install_tracing()  # so that "enabled" shows what a launched program would get
         _print_info(sys.stdout)
         return 0
     if script is None and module is None:
@@ -215,11 +223,7 @@ def main(argv: Optional[list[str]] = None) -> int:
               "[Errno 2] No such file or directory", file=sys.stderr)
         return 2
 
-    try:
-        import ddagent.auto  # noqa: F401
-    except Exception as exc:  # the program runs, untraced, rather than not at all
-        print(f"ddagent: tracing not installed: {exc!r}", file=sys.stderr)
-
+    _install_tracing()
     if script is not None:
         return _run_program(lambda: _run_script(script, program_args))
     return _run_program(lambda: _run_module(module, program_args))  # type: ignore[arg-type]

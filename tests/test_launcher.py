@@ -164,7 +164,7 @@ def test_info_reports_configuration_agent_and_integrations(test_agent):
     out = result.stdout
     assert "env = 'qa'  (env DD_ENV)" in out
     assert f"Agent: {test_agent.url} answers" in out
-    assert "Integrations:" in out
+    assert "Integrations:" in out and "sqlite3" in out
 
 
 def test_info_says_when_the_agent_does_not_answer():
