@@ -20,8 +20,6 @@ import weakref
 from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
-import urllib3
-
 from ddagent._logging import RateLimitedLog
 from ddagent.stats import STATS
 from ddagent.writer.encoding import MAX_ARRAY_HEADER_SIZE, encode_trace, join_traces
@@ -282,7 +280,7 @@ class AgentWriter:
                 raise _Failure("agent_unreachable", "no time left to send")
             try:
                 response = self._transport.send_traces(body, trace_count, remaining)
-            except (urllib3.exceptions.HTTPError, OSError) as e:
+            except Exception as e:  # urllib3 and socket errors, or anything odd on the wire
                 failure = _Failure("agent_unreachable", f"{type(e).__name__}: {e}")
                 self._log.log(logging.WARNING, "unreachable",
                               "trace agent at %s is unreachable (%s); traces are dropped",
