@@ -10,7 +10,6 @@ import pytest
 
 import ddagent
 from ddagent import Span, Tracer
-from ddagent.context import ACTIVE_SPAN
 from ddagent.sampler import RateSampler
 from ddagent.stats import STATS
 from tests.core.conftest import ListWriter, make_tracer
@@ -508,6 +507,3 @@ def test_fork_child_forgets_open_traces_and_gets_new_ids(tracer: Tracer) -> None
     # the parent still sends its own whole trace
     assert sorted(s.name for s in tracer.writer.spans) == ["parent.child", "parent.root"]
 
-
-def test_current_span_is_none_by_default() -> None:
-    assert ACTIVE_SPAN.get() is None or isinstance(ACTIVE_SPAN.get(), Span)
