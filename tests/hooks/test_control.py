@@ -33,12 +33,17 @@ CHILD = textwrap.dedent('''
     registry.patch(redis=True, sqlite3=True)
     control.install()
     client = redis.Redis(host="127.0.0.1")
+    def enabled():
+        return sorted(r["name"] for r in registry.status() if r["enabled"])
+
     for line in sys.stdin:
         del Count.spans[:]
+        before = enabled()
         client.ping()
         sqlite3.connect(":memory:").execute("select 1")
         print(json.dumps({
-            "enabled": sorted(r["name"] for r in registry.status() if r["enabled"]),
+            # null while the control thread was switching: the spans may be of either state
+            "enabled": before if enabled() == before else None,
             "redis_rewritten": rewrite.is_instrumented(redis.Redis.execute_command),
             "spans": sorted(Count.spans),
         }), flush=True)
