@@ -114,12 +114,17 @@ class TestAgent:
             return e.code, e.read()
 
     def start_session(self, rate_by_service: dict[str, float] | None = None) -> None:
-        """Start a fresh session; untokened payloads (every tracer's) count toward it."""
+        """Start a fresh session; untokened payloads (every tracer's) count toward it.
+
+        The agent answers an untokened trace request with the rates of the token-less session,
+        so the rates are set there first (``{}`` resets them), then the tokened session starts.
+        """
+        status, body = self._get(
+            "/test/session/start", agent_sample_rate_by_service=json.dumps(rate_by_service or {})
+        )
+        assert status == 200, body
         self.token = uuid.uuid4().hex
-        params = {"test_session_token": self.token}
-        if rate_by_service is not None:
-            params["agent_sample_rate_by_service"] = json.dumps(rate_by_service)
-        status, body = self._get("/test/session/start", **params)
+        status, body = self._get("/test/session/start", test_session_token=self.token)
         assert status == 200, body
         self._get("/test/trace_check/clear")
 

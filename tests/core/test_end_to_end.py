@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -74,26 +73,13 @@ def test_errors_arrive_with_their_tags(test_agent, e2e_tracer) -> None:
     test_agent.assert_no_check_failures()
 
 
-def answer_rates(test_agent, rates: dict[str, float]) -> None:
-    """Make the agent answer ``rates`` to untokened payloads (every tracer's).
-
-    ``start_session(rate_by_service=...)`` alone is not enough: the agent answers an untokened
-    request from the token-less session's rates, so that session is started with the rates
-    first, then a tokened one to read the traces back.
-    """
-    status, body = test_agent._get(
-        "/test/session/start", agent_sample_rate_by_service=json.dumps(rates))
-    assert status == 200, body
-    test_agent.start_session(rate_by_service=rates)
-
-
 def test_agent_rates_change_later_sampling_decisions(test_agent, e2e_tracer) -> None:
     tracer = e2e_tracer
-    answer_rates(test_agent, {"service:thumbs,env:": 0.5, "service:,env:": 1.0})
+    test_agent.start_session(rate_by_service={"service:thumbs,env:": 0.5, "service:,env:": 1.0})
     try:
         check_rate_driven_sampling(test_agent, tracer)
     finally:
-        answer_rates(test_agent, {})
+        test_agent.start_session()
 
 
 def check_rate_driven_sampling(test_agent, tracer: Tracer) -> None:

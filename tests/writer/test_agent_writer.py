@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 import tempfile
 import time
@@ -74,22 +73,9 @@ def test_request_headers(test_agent, make_writer):
     test_agent.assert_no_check_failures()
 
 
-def set_untokened_rates(test_agent: TestAgent, rates: dict[str, float]) -> None:
-    """Make the test agent answer ``rates`` to tracers that send no session token.
-
-    ``TestAgent.start_session(rate_by_service=...)`` stores the rates under its session token,
-    but the agent answers an untokened trace request (every real tracer's) from the token-less
-    session. Starting that session first, then a tokened one, keeps the traces readable.
-    """
-    status, body = test_agent._get(
-        "/test/session/start", agent_sample_rate_by_service=json.dumps(rates))
-    assert status == 200, body
-    test_agent.start_session()
-
-
 def test_rate_by_service_reaches_the_callback(test_agent, make_writer):
     rates = {"service:web,env:prod": 0.5, "service:,env:": 0.25}
-    set_untokened_rates(test_agent, rates)
+    test_agent.start_session(rate_by_service=rates)
     try:
         received: list[dict] = []
         writer = make_writer(test_agent.url, on_rate_by_service=received.append)
@@ -98,7 +84,7 @@ def test_rate_by_service_reaches_the_callback(test_agent, make_writer):
         assert received == [rates]
         assert len(test_agent.wait_for_traces(1)) == 1
     finally:
-        set_untokened_rates(test_agent, {})
+        test_agent.start_session()
 
 
 def test_a_failing_rates_callback_is_contained(test_agent, make_writer):
