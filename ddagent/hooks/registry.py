@@ -41,6 +41,7 @@ from types import ModuleType
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from ddagent._logging import RateLimitedLog
+from ddagent.hooks import finder, rewrite, wrappers
 from ddagent.stats import STATS
 
 log = logging.getLogger(__name__)
@@ -256,8 +257,8 @@ class FunctionProbe:
     classmethods and staticmethods are unwrapped to their function. Each call runs
     ``on_call(integration, *params)`` (params: the positional parameters, the keyword-only ones,
     then the ``*args`` tuple and the ``**kwargs`` dict) which returns a span or None, and on a
-    normal return
-    ``on_return(span, result, *params)``. Exceptions are recorded on the span automatically.
+    normal return ``on_return(span, result, *params)``. Exceptions are recorded on the span
+    automatically.
 
     Where code cannot be rewritten (another interpreter, or a function the rewriter refuses)
     the attribute is replaced by a ``wrapt`` wrapper with the same semantics instead.
@@ -269,15 +270,12 @@ class FunctionProbe:
         self.path = path
         self.on_call = on_call
         self.on_return = on_return
-        self._hooks_for: Integration | None = None
-        self._hook_pair: tuple[Callable, Callable] = (None, None)  # type: ignore[assignment]
+        self._hook_cache: tuple[Integration, Callable, Callable] | None = None
 
     def __repr__(self) -> str:
         return f"<FunctionProbe {self.module}:{self.path}>"
 
     def install(self, module: ModuleType, integration: Integration) -> Undo | None:
-        from ddagent.hooks import rewrite, wrappers
-
         owner, attr, raw = _resolve_definition(module, self.path)
         func = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
         enter, exit = self._hooks(integration)
@@ -295,10 +293,9 @@ class FunctionProbe:
             wrappers.note_fallback("this interpreter's code objects cannot be rewritten")
         return wrappers.wrap_attribute(owner, attr, raw, enter, exit)
 
-
     def _hooks(self, integration: Integration) -> tuple[Callable, Callable]:
         # The same two callables every time, so re-enabling hits the rewriter's code cache.
-        if self._hooks_for is not integration:
+        if self._hook_cache is None or self._hook_cache[0] is not integration:
             on_call, on_return = self.on_call, self.on_return
 
             def enter(params: tuple) -> Any:
@@ -307,9 +304,8 @@ class FunctionProbe:
             def exit(token: Any, result: Any, exc: BaseException | None) -> None:
                 integration.exit(token, result, exc, on_return)
 
-            self._hook_pair = (enter, exit)
-            self._hooks_for = integration
-        return self._hook_pair
+            self._hook_cache = (integration, enter, exit)
+        return self._hook_cache[1], self._hook_cache[2]
 
 
 def _resolve_definition(module: ModuleType, path: str) -> tuple[Any, str, Any]:
@@ -351,8 +347,6 @@ def _load(name: str) -> Integration:
 
 def enable(name: str) -> None:
     """Switch ``name`` on: instrument its library now if imported, else when it is imported."""
-    from ddagent.hooks import finder
-
     integration = _load(name)
     with _LOCK:
         if integration.enabled:
