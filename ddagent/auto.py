@@ -4,6 +4,8 @@ Importing it (first thing in a program, or implicitly through ``python -m ddagen
 
 - installs every enabled integration through ``ddagent.hooks.registry.patch_all()``; a missing
   or failing registry is logged and skipped, never raised into the application;
+- starts the operator control file watcher when ``DD_PROBES_CONTROL_FILE`` is set
+  (``ddagent/hooks/control.py``: switch integrations off and on in a running process);
 - prepends ``ddagent/bootstrap`` to ``PYTHONPATH`` in this process's environment, so that child
   Python processes (``subprocess``, ``multiprocessing`` spawn and forkserver) import the
   bootstrap ``sitecustomize``, which imports this module in them too. Interpreters started with
@@ -31,6 +33,15 @@ def _patch_all() -> None:
         _log.warning("ddagent: could not install the integrations", exc_info=True)
 
 
+def _watch_control_file() -> None:
+    try:
+        from ddagent.hooks import control
+
+        control.install()
+    except Exception:
+        _log.warning("ddagent: could not watch the probes control file", exc_info=True)
+
+
 def _trace_child_processes() -> None:
     current = os.environ.get("PYTHONPATH", "")
     entries = current.split(os.pathsep) if current else []
@@ -40,3 +51,4 @@ def _trace_child_processes() -> None:
 
 _trace_child_processes()
 _patch_all()
+_watch_control_file()
