@@ -138,13 +138,9 @@ class _Emitter:
         seq += [Instr("CALL_FUNCTION", 3), Instr("POP_TOP")]
         return _located(seq, loc)
 
-    def around_yield(self, instr: Instr, resume: Optional[Instr]) -> tuple:
-        """(before, after) sequences for a plain yield; ``resume`` is its RESUME on 3.11+."""
-        on_suspend, on_resume = self.probes.on_suspend, self.probes.on_resume
-        loc = instr.location if PY < (3, 11) or resume is None else resume.location
-        before = self.call(on_suspend, [self.load_token()], loc) if on_suspend else []
-        after = self.call(on_resume, [self.load_token()], loc) if on_resume else []
-        return before, after
+    def yield_probe(self, probe: Optional[Callable], loc) -> list:
+        """probe(token) around a plain yield, located on the yield's line; nothing if no probe."""
+        return self.call(probe, [self.load_token()], loc) if probe is not None else []
 
     # -- 3.11+: exception table ----------------------------------------------------------------
 
@@ -188,15 +184,15 @@ class _Emitter:
                     out.extend(self.prologue(_NO_LOCATION))
                     started = True
                 elif item.arg & 3 == _RESUME_AFTER_YIELD:
-                    covered(*self.around_yield(item, item)[1])
+                    covered(*self.yield_probe(self.probes.on_resume, item.location))
             elif item.name == "YIELD_VALUE":
                 if PY == (3, 12):
-                    # 3.12's oparg is the handler depth; 1 (only the implicit StopIteration
-                    # handler) makes close() skip GeneratorExit. Ours is one more level.
+                    # 3.12's oparg is the handler depth; where close() reads it, 1 (only the
+                    # implicit StopIteration handler) skips GeneratorExit. Ours is one more level.
                     item.arg += 1
                 resume = _next_instr(body, index)
                 if resume is not None and resume.arg & 3 == _RESUME_AFTER_YIELD:
-                    covered(*self.around_yield(item, resume)[0])
+                    covered(*self.yield_probe(self.probes.on_suspend, resume.location))
                 covered(item)
             elif item.name in ("RETURN_VALUE", "RETURN_CONST") and started:
                 loc = item.location
@@ -248,9 +244,10 @@ class _Emitter:
                 loc = _line_of(item) if PY < (3, 10) else item.location
                 out += _located([Instr("POP_BLOCK")], loc) + self.exit_on_return(loc)
                 out.append(item)
-            elif isinstance(item, Instr) and item.name == "YIELD_VALUE":
-                before, after = self.around_yield(item, None)
-                out += [*before, item, *after]
+            elif isinstance(item, Instr) and item.name == "YIELD_VALUE":  # only plain yields
+                out += self.yield_probe(self.probes.on_suspend, item.location)
+                out.append(item)
+                out += self.yield_probe(self.probes.on_resume, item.location)
             else:
                 out.append(item)
         # handler stack: prev_tb, prev_val, prev_type, tb, val, type. Bring val to the top

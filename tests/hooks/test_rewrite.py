@@ -277,6 +277,22 @@ def test_equal_code_from_two_files_is_not_shared():
     assert traceback.extract_tb(info.value.__traceback__)[-1].filename == "file_two.py"
 
 
+def test_cache_forgets_code_that_is_gone():
+    import gc
+
+    namespace: dict = {}
+    exec(compile("def short_lived():\n    return 1\n", "short_lived.py", "exec"), namespace)
+    func = namespace.pop("short_lived")
+    code_id = id(func.__code__)
+    rec = Recorder()
+    instrument(func, rec.on_enter, rec.on_exit)
+    assert code_id in rewrite._cache
+    restore(func)
+    del func
+    gc.collect()
+    assert code_id not in rewrite._cache
+
+
 def test_shared_closure_code_is_instrumented_per_function_object(recorder):
     recorder.install(corpus.counter_one)
     corpus.counter_two(0)

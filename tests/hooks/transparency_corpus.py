@@ -140,6 +140,17 @@ def reraise_bare():
         raise
 
 
+def exc_info_after_inner_raise():
+    try:
+        raise KeyError("outer")
+    except KeyError:
+        try:
+            reraise_bare()
+        except ValueError:
+            pass
+        return repr(sys.exc_info()[1])  # the outer exception again
+
+
 def exception_group_like(n):
     errors = []
     for i in range(n):
@@ -425,6 +436,7 @@ CASES = [
     Case("base_exception", lambda: raise_base_exception, raise_base_exception, 1),
     Case("raise_in_comprehension", lambda: raise_in_comprehension, lambda: raise_in_comprehension([1, 2, 0]), 1),
     Case("reraise_bare", lambda: reraise_bare, reraise_bare, 1),
+    Case("exc_info_restored_for_caller", lambda: reraise_bare, exc_info_after_inner_raise, 1),
     Case("exceptions_in_loop", lambda: exception_group_like, lambda: exception_group_like(4), 1),
     Case("finally_overrides", lambda: finally_overrides, lambda: (finally_overrides(3), finally_overrides(-2)), 2),
     Case("return_in_try_finally", lambda: return_in_try_finally, lambda: (return_in_try_finally(log := []), log), 1),
