@@ -35,6 +35,8 @@ _STATIC_HEADERS = {
     "Datadog-Meta-Lang-Version": platform.python_version(),
     "Datadog-Meta-Lang-Interpreter": platform.python_implementation(),
     "Datadog-Meta-Tracer-Version": __version__,
+    # ddagent's tracer marks top-level spans (`_dd.top_level`) itself; this tells the agent so.
+    "Datadog-Client-Computed-Top-Level": "yes",
 }
 
 
