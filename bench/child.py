@@ -41,6 +41,17 @@ def cpu_per_op(work: Callable[[], None], ops: int, flush: Callable[[], None]) ->
     return (time.process_time() - start) * 1e6 / ops
 
 
+def cpu_per_call(calls: Callable[[int], None], seconds: float, flush: Callable[[], None]) -> float:
+    """Like :func:`cpu_per_op`, calling ``calls(1000)`` until ``seconds`` of process CPU have
+    passed: one window length fits a 1 µs call and a 100 µs one alike."""
+    start, done = time.process_time(), 0
+    while time.process_time() - start < seconds:
+        calls(1000)
+        done += 1000
+    flush()
+    return (time.process_time() - start) * 1e6 / done
+
+
 def rss_kib(field: str = "VmRSS") -> int:
     """This process's resident set (``VmRSS``) or its peak so far (``VmHWM``), in KiB."""
     with open("/proc/self/status") as status:

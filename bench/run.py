@@ -90,6 +90,7 @@ def main() -> None:
         os.execv(python, [python, str(Path(__file__).resolve()), *sys.argv[1:]])
 
     sys.path.insert(0, str(REPO))
+    os.environ["BENCH_QUICK"] = "1" if args.quick else "0"  # sizes the scenarios (bench.child)
     from bench.runner import Context, print_table, run_scenario
     from tests.testagent import TestAgentProcess, free_port
 

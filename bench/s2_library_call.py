@@ -15,7 +15,7 @@ import sqlite3
 from typing import Any, Callable, Optional
 
 from bench import tracers
-from bench.child import Unavailable, cpu_per_op, sized
+from bench.child import QUICK, Unavailable, cpu_per_call
 from bench.runner import Context, Results, Row, Target
 
 TITLE = "2. a call through an instrumented library (per call)"
@@ -96,14 +96,14 @@ def sqlite3_calls() -> Callable[[int], None]:
 
 
 CALLS = {"redis": redis_calls, "sqlite3": sqlite3_calls}
-COUNT = {"redis": sized(4_000, 40_000), "sqlite3": sized(10_000, 100_000)}
+SECONDS = 0.3 if QUICK else 2.0  # CPU time measured per state
 
 
-def cpu_per_call(library: str, t: tracers.Tracing) -> float:
+def cpu_per_call_in_state(library: str, t: tracers.Tracing) -> float:
     calls = CALLS[library]()
     calls(50)  # warm-up: connection, first spans
     t.flush()
-    return cpu_per_op(lambda: calls(COUNT[library]), COUNT[library], t.flush)
+    return cpu_per_call(calls, SECONDS, t.flush)
 
 
 def redis_reachable() -> bool:
@@ -122,7 +122,7 @@ def child(contender: str) -> dict:
         if library == "redis" and not redis_reachable():
             out[case] = {"na": f"no Redis on 127.0.0.1:{REDIS_PORT}"}
             continue
-        never = cpu_per_call(library, t)
+        never = cpu_per_call_in_state(library, t)
         if contender == "baseline":
             out[case] = {"never": never}
             continue
@@ -131,9 +131,9 @@ def child(contender: str) -> dict:
         except Unavailable as e:
             out[case] = {"na": str(e)}
             continue
-        enabled = cpu_per_call(library, t)
+        enabled = cpu_per_call_in_state(library, t)
         disable()
-        disabled = cpu_per_call(library, t)
+        disabled = cpu_per_call_in_state(library, t)
         out[case] = {"never": never, "enabled": enabled, "disabled": disabled,
                      "added": enabled - never, "disabled_ratio": disabled / never}
     return out

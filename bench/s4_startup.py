@@ -1,0 +1,53 @@
+"""Scenario 4: start-up — wall time of an empty program under each contender's launcher.
+
+``python -m ddagent`` has no ``-c``; it runs a script holding ``pass`` (the difference from
+``python -c pass`` is one small file read).
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+from bench.runner import Context, Results, Row, Target
+
+TITLE = "4. start-up (an empty program)"
+CASES = ["empty program"]
+ROWS = [Row("empty program", "wall_ms", "wall time to run `pass`", "ms")]
+PASS_SCRIPT = Path(tempfile.gettempdir()) / "ddagent_bench_pass.py"
+
+
+def command(ctx: Context, contender: str) -> list[str]:
+    """Each contender's documented way to run a program traced."""
+    PASS_SCRIPT.write_text("pass\n")
+    return {
+        "baseline": [ctx.python, "-c", "pass"],
+        "ddagent": [ctx.python, "-m", "ddagent", str(PASS_SCRIPT)],
+        "ddtrace": [str(ctx.bin_dir / "ddtrace-run"), ctx.python, "-c", "pass"],
+        "otel": [str(ctx.bin_dir / "opentelemetry-instrument"), ctx.python, "-c", "pass"],
+    }[contender]
+
+
+def measure(ctx: Context, contender: str) -> dict:
+    argv, env = command(ctx, contender), ctx.env(contender)
+    times = []
+    for _ in range(5 if ctx.quick else 15):
+        start = time.perf_counter()
+        proc = subprocess.run(argv, env=env, capture_output=True, text=True)
+        times.append((time.perf_counter() - start) * 1e3)
+        if proc.returncode:
+            last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            return {"na": f"exit {proc.returncode}: {last[:160]}"}
+    return {"empty program": {"wall_ms": statistics.median(times)}}
+
+
+def _added(r: Results) -> Optional[float]:
+    ours, base = (r.median("empty program", who, "wall_ms") for who in ("ddagent", "baseline"))
+    return ours - base if ours is not None and base is not None else None
+
+
+TARGETS = [Target("4. start-up added over `python -c pass`", 30, _added, unit="ms")]
