@@ -26,18 +26,6 @@ VENV_PYTHON = "/root/.pyenv/versions/3.11.7/bin/python"
 
 # What .venv-bench needs. Until pyproject.toml has this as its `bench` extra, it is installed
 # from here; then this list becomes `-e .[bench]`.
-BENCH_REQUIREMENTS = [
-    "ddtrace",
-    "opentelemetry-sdk",
-    "opentelemetry-exporter-otlp-proto-http",
-    "opentelemetry-instrumentation",  # the opentelemetry-instrument launcher
-    "opentelemetry-instrumentation-redis",
-    "opentelemetry-instrumentation-sqlite3",
-    "opentelemetry-instrumentation-flask",
-    "flask",
-    "gunicorn",
-    "redis",
-]
 # Import names that prove the venv is complete (cheap: find_spec imports nothing).
 PROBE_MODULES = [
     "ddagent", "ddtrace", "opentelemetry.sdk", "opentelemetry.exporter.otlp.proto.http",
@@ -68,7 +56,7 @@ def ensure_venvs() -> None:
         subprocess.run([base, "-m", "venv", str(VENV)], check=True)
         pip = [str(python), "-m", "pip", "install", "-q"]
         subprocess.run([*pip, "--upgrade", "pip"], check=True)
-        subprocess.run([*pip, "-e", str(REPO), *BENCH_REQUIREMENTS], check=True)
+        subprocess.run([*pip, "-e", f"{REPO}[bench]"], check=True)
     if not (AGENT_VENV / "bin" / "ddapm-test-agent").exists():
         print("setting up .venv-testagent ...", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(AGENT_VENV)], check=True)
