@@ -99,7 +99,8 @@ def wrap_attribute(owner: Any, attr: str, raw: Any, enter: Callable[[tuple], Any
     keyword-only ones, then the ``*args`` tuple and the ``**kwargs`` dict).
     """
     func = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
-    signature = inspect.signature(func)
+    # The function's own parameters, not those of a functools.wraps target (__wrapped__).
+    signature = inspect.signature(func, follow_wrapped=False)
     code = func.__code__
     # The rewriter's order: positional, keyword-only, then the *args tuple and **kwargs dict.
     count = (code.co_argcount + code.co_kwonlyargcount
