@@ -359,6 +359,23 @@ def test_a_failed_rewrite_leaves_the_function_untouched(monkeypatch):
     assert func.__code__ is original and not is_instrumented(func)
 
 
+def test_too_many_blocks_is_refused_on_block_stack_pythons_and_fine_after():
+    import contextlib
+
+    func = corpus.many_withs  # exec'd in the corpus
+    original = func.__code__
+    rec = Recorder()
+    if sys.version_info < (3, 11):
+        with pytest.raises(RewriteError, match="blocks"):
+            instrument(func, rec.on_enter, rec.on_exit)
+        assert func.__code__ is original
+    else:
+        instrument(func, rec.on_enter, rec.on_exit)
+        assert func(contextlib.nullcontext()) == 25
+        rec.assert_balanced()
+        restore(func)
+
+
 def test_threads_calling_while_toggled_stay_balanced():
     rec = Recorder()
     func = corpus.fib_memo

@@ -409,6 +409,14 @@ _many_src = "def many_locals(seed):\n" + "".join(
 exec(compile(_many_src, __file__ + ":many_locals", "exec"))
 
 
+# -- 25 blocks: 3.9/3.10 cannot take one more block if all were nested, so the rewriter refuses --
+
+_withs_src = "def many_withs(cm):\n    n = 0\n" + "".join(
+    "    with cm:\n        n += 1\n" for _ in range(25)
+) + "    return n\n"
+exec(compile(_withs_src, __file__ + ":many_withs", "exec"))
+
+
 # -- the cases ---------------------------------------------------------------------------------
 
 def _expect_raise(func, *args):
