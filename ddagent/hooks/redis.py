@@ -1,16 +1,19 @@
-"""redis-py: ``redis.command`` spans for commands and pipelines.
+"""redis-py: ``redis.command`` spans for commands and pipelines (sync, asyncio, cluster).
 
-Every command of a ``Redis`` client goes through ``Redis.execute_command``; a pipeline queues
-its commands and sends them in ``Pipeline.execute`` (or at once, in
-``Pipeline.immediate_execute_command``, while a ``WATCH`` is active). Those three Python methods
-are probed by rewriting their code, so clients and bound methods created before ddagent started
-are traced too.
+Every command of a client goes through its ``execute_command``; a pipeline queues its commands
+and sends them in ``execute`` (or at once, in ``immediate_execute_command``, while a ``WATCH``
+is active, as in ``Redis.transaction``). Those Python methods are probed by rewriting their code,
+so clients and bound methods created before ddagent started are traced too. The ``redis.asyncio``
+methods are coroutines: their span covers the awaited call. A cluster client sends to the nodes'
+connections directly, so a cluster command is one span, not one per node.
 
 Span: name ``redis.command``, service ``redis``, type ``redis``; resource = the command name
 (a pipeline: the names joined by newlines); tag ``redis.raw_command`` = the command with its
 arguments (each cut to 100 characters, the whole to 1000); metrics ``redis.args_length`` or
-``redis.pipeline_length``, ``out.redis_db``, ``network.destination.port``, and ``db.row_count``
-for a ``GET`` (1 on a hit, 0 on a miss).
+``redis.pipeline_length``, and ``db.row_count`` for a ``GET`` (1 on a hit, 0 on a miss).
+Clients with one connection pool also get ``out.host``, ``server.address``, ``out.redis_db``
+and ``network.destination.port``; a cluster client picks its node per command, so its spans
+carry no peer.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ def _record_hit(span: Any, result: Any, client: Any, args: tuple, options: dict)
 
 
 def _pipeline_span(integration: Integration, pipeline: Any, *_execute_options: Any) -> Any:
-    commands = [args for args, _options in pipeline.command_stack]
+    commands = _queued_commands(pipeline)
     return integration.start_span(
         pipeline, "redis.command", span_type="redis",
         resource="\n".join(_text(args[0]) for args in commands if args),
@@ -48,14 +51,32 @@ def _pipeline_span(integration: Integration, pipeline: Any, *_execute_options: A
     )
 
 
+def _queued_commands(pipeline: Any) -> list[tuple]:
+    """The argument tuples ``pipeline.execute()`` is about to send."""
+    # Cluster pipelines (redis >= 6) queue PipelineCommand objects in their execution strategy;
+    # plain pipelines keep (args, options) pairs in command_stack.
+    strategy = getattr(pipeline, "_execution_strategy", None)
+    queue = pipeline.command_stack if strategy is None else strategy._command_queue
+    return [command.args if hasattr(command, "args") else command[0] for command in queue]
+
+
+def _connection_kwargs(client: Any) -> dict | None:
+    pool = getattr(client, "connection_pool", None)  # None on cluster clients
+    return None if pool is None else pool.connection_kwargs
+
+
 def _peer_tags(client: Any) -> dict:
-    kwargs = client.connection_pool.connection_kwargs
+    kwargs = _connection_kwargs(client)
+    if kwargs is None:
+        return {"db.system": "redis"}
     host = kwargs.get("host") or kwargs.get("path")
     return {"db.system": "redis", "out.host": host, "server.address": host}
 
 
 def _peer_metrics(client: Any) -> dict:
-    kwargs = client.connection_pool.connection_kwargs
+    kwargs = _connection_kwargs(client)
+    if kwargs is None:
+        return {}
     return {"out.redis_db": kwargs.get("db") or 0, "network.destination.port": kwargs.get("port")}
 
 
@@ -81,14 +102,28 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+def _client_probes(module: str, client: str, pipeline: str, *, immediate: bool) -> list:
+    """Probes for one flavour of redis-py: a client class and its pipeline class."""
+    probes = [
+        FunctionProbe(module, f"{client}.execute_command",
+                      on_call=_command_span, on_return=_record_hit),
+        FunctionProbe(module, f"{pipeline}.execute", on_call=_pipeline_span),
+    ]
+    if immediate:
+        probes.append(FunctionProbe(module, f"{pipeline}.immediate_execute_command",
+                                    on_call=_command_span, on_return=_record_hit))
+    return probes
+
+
 integration = Integration(
     "redis",
     service="redis",
     probes=[
-        FunctionProbe("redis.client", "Redis.execute_command",
-                      on_call=_command_span, on_return=_record_hit),
-        FunctionProbe("redis.client", "Pipeline.immediate_execute_command",
-                      on_call=_command_span, on_return=_record_hit),
-        FunctionProbe("redis.client", "Pipeline.execute", on_call=_pipeline_span),
+        *_client_probes("redis.client", "Redis", "Pipeline", immediate=True),
+        *_client_probes("redis.asyncio.client", "Redis", "Pipeline", immediate=True),
+        # A cluster pipeline's WATCH goes through RedisCluster.execute_command.
+        *_client_probes("redis.cluster", "RedisCluster", "ClusterPipeline", immediate=False),
+        *_client_probes("redis.asyncio.cluster", "RedisCluster", "ClusterPipeline",
+                        immediate=False),
     ],
 )
