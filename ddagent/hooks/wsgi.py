@@ -1,0 +1,341 @@
+"""The WSGI request layer that every web framework integration reuses.
+
+One request is one span, ``<integration name>.request`` (type ``web``, ``span.kind=server``),
+parent of everything the request does. This module owns that span's whole life:
+
+- **Start.** The trace context is extracted from the request headers (Datadog and W3C, through
+  :class:`~ddagent.propagation.HTTPPropagator`); headers that do not parse give a fresh trace.
+  Tags ``component``, ``span.kind``, ``http.method``, ``http.url`` (``scheme://host/path``, no
+  query), ``http.useragent``; metric ``_dd.measured``.
+- **Status.** Read from the application's ``start_response`` call (``http.status_code``, a
+  string). Statuses in ``DD_TRACE_HTTP_SERVER_ERROR_STATUSES`` (5xx) mark the span as an error,
+  4xx do not. An exception escaping the application is recorded and counts as a 500.
+- **End.** When the server closes the response iterable (PEP 3333) or has read all of it, so a
+  streamed body is covered (the span is active while the body is produced); at once if the
+  application raises.
+- **Once.** The span is stored in ``environ[REQUEST_SPAN]``. A second layer for the same request
+  (the seed's explicit middleware around an auto-instrumented app, one framework mounted in
+  another) finds it there and starts nothing.
+- **Resource.** ``METHOD route`` once the framework calls :func:`set_route`; otherwise
+  ``METHOD 404`` for a 404 and ``METHOD`` alone.
+- **Service.** An explicit ``service=`` (the seed's middlewares), else the app's Pin, else
+  ``DD_<NAME>_SERVICE``, else ``DD_SERVICE``, else the integration's default (``flask``...).
+
+How a framework module plugs in (``hooks/flask.py`` and ``hooks/falcon.py`` are examples):
+
+1. Declare ``Integration(<name>, service=<name>, span_kind="server", probes=[...])``.
+2. Probe the framework's WSGI entry point with ``WSGIAppProbe("<module>", "<Class>.<method>")``
+   (a method taking ``(environ, start_response)``; the Pin is looked up on its ``self``).
+   For the seed's explicit middlewares use :class:`WSGITraceMiddleware` (or
+   :func:`trace_wsgi_call` directly), passing the user's ``tracer`` and ``service``.
+3. Once the framework has routed the request, call ``set_route(request_span(environ), route)``
+   and add the framework's own tags to that span. A framework that turns an exception into a
+   500 response itself records it with ``span.set_exc_info(...)`` on the same span.
+4. Sub-spans (view, template, error handler) come from :func:`start_child_span`, called in a
+   ``FunctionProbe``'s ``on_call``; they carry ``component`` and nothing of the root's tags.
+
+:class:`AroundProbe` is the probe for hooks that must replace arguments or the return value,
+which code rewriting cannot do: the WSGI entry (``start_response`` and the body are wrapped),
+an HTTP client call whose headers are copied before propagation headers are added.
+"""
+
+from __future__ import annotations
+
+import os
+import wsgiref.util
+from collections.abc import Iterable, Iterator
+from types import ModuleType
+from typing import Any, Callable, Optional
+
+from ddagent.context import ACTIVE_SPAN
+from ddagent.hooks.http import SERVER_ERROR_STATUSES, status_code, url_tag
+from ddagent.hooks.registry import Integration, Undo, _resolve_definition
+from ddagent.hooks.wrappers import _ProbeWrapper, _replace
+from ddagent.pin import Pin
+from ddagent.propagation import HTTPPropagator
+from ddagent.span import Span
+
+REQUEST_SPAN = "ddagent.request_span"  # the environ key holding the request's span
+
+WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
+Around = Callable[[Integration, Callable, Any, tuple, dict], Any]
+
+
+# -- the request span ------------------------------------------------------------------------
+
+
+def request_span(environ: dict) -> Optional[Span]:
+    """The span of the request ``environ`` belongs to, if it is traced."""
+    return environ.get(REQUEST_SPAN)
+
+
+def start_request(
+    integration: Integration,
+    environ: dict,
+    *,
+    tracer: Any = None,
+    service: Optional[str] = None,
+    pin_from: object = None,
+) -> Optional[Span]:
+    """Start and activate the request span for ``environ``.
+
+    Returns None when the request must not be traced here: another layer already traces it,
+    the Pin or the tracer is disabled, or the layer itself failed (counted, logged).
+    """
+    if environ.get(REQUEST_SPAN) is not None:
+        return None
+    span = None
+    try:
+        pin = Pin.get_from(pin_from) if pin_from is not None else None
+        if pin is not None and not pin.enabled():
+            return None
+        tracer = tracer or (pin.tracer if pin is not None else None) or _global_tracer()
+        if not tracer.enabled:
+            return None
+        service = service or (pin.service if pin is not None else None)
+        parent = HTTPPropagator.extract(_headers(environ))
+        span = tracer.trace(f"{integration.name}.request", child_of=parent, span_type="web",
+                            service=service or _default_service(integration, tracer))
+        method = environ.get("REQUEST_METHOD", "GET")
+        span.resource = method
+        span.set_tag("component", integration.component)
+        span.set_tag("span.kind", "server")
+        span.set_tag("http.method", method)
+        span.set_tag("http.url", url_tag(wsgiref.util.request_uri(environ, include_query=False)))
+        user_agent = environ.get("HTTP_USER_AGENT")
+        if user_agent:
+            span.set_tag("http.useragent", user_agent)
+        span.set_metric("_dd.measured", 1)
+        for key, value in ((pin.tags or {}) if pin is not None else {}).items():
+            span.set_tag(key, value)
+        environ[REQUEST_SPAN] = span
+        return span
+    except Exception as exc:
+        integration.probe_failed(exc)
+        if span is not None:
+            span.finish()
+        return None
+
+
+def set_route(span: Optional[Span], route: str, resource_name: Optional[str] = None) -> None:
+    """Name the request after its route: ``http.route`` and resource ``METHOD <resource_name
+    or route>``. Does nothing for an untraced request (``span`` None)."""
+    if span is None:
+        return
+    span.set_tag("http.route", route)
+    span.resource = f"{span.get_tag('http.method')} {resource_name or route}"
+
+
+def finish_request(span: Span, integration: Integration, exc: Optional[BaseException] = None,
+                   status: Any = None) -> None:
+    """End the request span: record ``exc`` and ``status``, mark 5xx, name unrouted requests.
+
+    Does nothing if the span has ended already."""
+    if span.finished:
+        return
+    try:
+        if status is not None:
+            _set_status(span, status)
+        if exc is not None and not isinstance(exc, GeneratorExit):
+            span.set_exc_info(type(exc), exc, exc.__traceback__)
+            if span.get_tag("http.status_code") is None:
+                span.set_tag("http.status_code", "500")
+        code = status_code(span.get_tag("http.status_code"))
+        if code in SERVER_ERROR_STATUSES:
+            span.error = 1
+        if span.get_tag("http.route") is None and code == 404:
+            span.resource = f"{span.get_tag('http.method')} 404"
+    except Exception as error:
+        integration.probe_failed(error)
+    span.finish()
+
+
+def start_child_span(integration: Integration, name: str, *, resource: Optional[str] = None,
+                     span_type: Optional[str] = None) -> Optional[Span]:
+    """A framework sub-span (view, template, handler) under the active span; None outside one.
+
+    It inherits the service and tracer of its parent and carries only ``component``.
+    """
+    parent = ACTIVE_SPAN.get()
+    if parent is None or parent.finished or parent._tracer is None:
+        return None
+    span = parent._tracer.trace(name, resource=resource, span_type=span_type)
+    span.set_tag("component", integration.component)
+    return span
+
+
+def _set_status(span: Span, status: Any) -> None:
+    code = status_code(status)
+    if code is not None:
+        span.set_tag("http.status_code", str(code))
+
+
+def _headers(environ: dict) -> dict[str, str]:
+    return {key[5:].replace("_", "-"): value for key, value in environ.items()
+            if key.startswith("HTTP_")}
+
+
+def _default_service(integration: Integration, tracer: Any) -> str:
+    configured = os.environ.get(f"DD_{integration.name.upper()}_SERVICE")
+    if configured:
+        return configured
+    config = getattr(tracer, "config", None)
+    if config is not None and config.sources.get("service") == "env DD_SERVICE":
+        return config.service
+    return integration.service
+
+
+def _global_tracer() -> Any:
+    from ddagent.tracer import tracer
+
+    return tracer
+
+
+# -- running a WSGI application inside the request span -------------------------------------
+
+
+def trace_wsgi_call(
+    integration: Integration,
+    app: WSGIApp,
+    environ: dict,
+    start_response: Callable,
+    *,
+    tracer: Any = None,
+    service: Optional[str] = None,
+    pin_from: object = None,
+) -> Iterable[bytes]:
+    """Call the WSGI ``app`` for one request, traced (see the module docstring)."""
+    previous = ACTIVE_SPAN.get()
+    span = start_request(integration, environ, tracer=tracer, service=service, pin_from=pin_from)
+    if span is None:
+        return app(environ, start_response)
+
+    def traced_start_response(status: str, headers: list, *exc_info: Any) -> Any:
+        try:
+            _set_status(span, status)
+        except Exception as error:
+            integration.probe_failed(error)
+        return start_response(status, headers, *exc_info)
+
+    try:
+        body = app(environ, traced_start_response)
+    except BaseException as exc:
+        finish_request(span, integration, exc)
+        raise
+    # Until the server reads the body, the request is not this context's business: a body
+    # that is never read nor closed must not become the parent of the next request.
+    if ACTIVE_SPAN.get() is span:
+        ACTIVE_SPAN.set(previous)
+    return TracedBody(body, span, integration)
+
+
+class TracedBody:
+    """The response iterable, with the request span active while it produces the body.
+
+    The span ends when the server closes the body (PEP 3333), or earlier, when the body is
+    exhausted: test clients read bodies without always closing them. An exception raised while
+    the body is produced is recorded on the span and re-raised.
+    """
+
+    def __init__(self, body: Iterable[bytes], span: Span, integration: Integration) -> None:
+        self._body = body
+        self._span = span
+        self._integration = integration
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = iter(self._body)
+        while True:
+            token = ACTIVE_SPAN.set(self._span)
+            try:
+                chunk = next(chunks)
+            except StopIteration:
+                finish_request(self._span, self._integration)
+                return
+            except BaseException as exc:
+                finish_request(self._span, self._integration, exc)
+                raise
+            finally:
+                ACTIVE_SPAN.reset(token)
+            yield chunk
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        token = ACTIVE_SPAN.set(self._span)
+        try:
+            if close is not None:
+                close()
+        except BaseException as exc:
+            finish_request(self._span, self._integration, exc)
+            raise
+        finally:
+            ACTIVE_SPAN.reset(token)
+        finish_request(self._span, self._integration)
+
+
+class WSGITraceMiddleware:
+    """A WSGI middleware tracing every request to ``app`` with ``integration``'s conventions.
+
+    Explicit setup (the seed's middlewares): it traces whether or not the integration is
+    enabled, with the given ``tracer`` (default: the global one) and ``service``.
+    """
+
+    def __init__(self, app: WSGIApp, integration: Integration, tracer: Any = None,
+                 service: Optional[str] = None) -> None:
+        self.app = app
+        self._integration = integration
+        self._tracer = tracer
+        self._service = service
+
+    def __call__(self, environ: dict, start_response: Callable) -> Iterable[bytes]:
+        return trace_wsgi_call(self._integration, self.app, environ, start_response,
+                               tracer=self._tracer, service=self._service)
+
+
+# -- probes ------------------------------------------------------------------------------------
+
+
+class AroundProbe:
+    """Replace the method ``path`` (``"Class.method"``) of ``module`` by a ``wrapt`` wrapper.
+
+    While the integration is enabled each call runs
+    ``around(integration, wrapped, instance, args, kwargs)``, which must call ``wrapped``
+    once and return what the caller gets; it guards its own tracing code. The method is
+    replaced on the class that defines it; undo puts the original back.
+    """
+
+    def __init__(self, module: str, path: str, around: Around) -> None:
+        self.module = module
+        self.path = path
+        self.around = around
+
+    def __repr__(self) -> str:
+        return f"<AroundProbe {self.module}:{self.path}>"
+
+    def install(self, module: ModuleType, integration: Integration) -> Optional[Undo]:
+        owner, attr, raw = _resolve_definition(module, self.path)
+        if isinstance(raw, _ProbeWrapper):
+            return None
+        around = self.around
+
+        def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+            if not integration.enabled:
+                return wrapped(*args, **kwargs)
+            return around(integration, wrapped, instance, args, kwargs)
+
+        return _replace(owner, attr, _ProbeWrapper(raw, wrapper), raw)
+
+
+def _around_wsgi_app(integration: Integration, wrapped: Callable, instance: Any, args: tuple,
+                     kwargs: dict) -> Any:
+    if len(args) != 2 or kwargs:  # not the WSGI calling convention: leave it alone
+        return wrapped(*args, **kwargs)
+    environ, start_response = args
+    return trace_wsgi_call(integration, wrapped, environ, start_response, pin_from=instance)
+
+
+class WSGIAppProbe(AroundProbe):
+    """Trace the WSGI entry point ``path``: a ``"Class.method"`` taking
+    ``(environ, start_response)``."""
+
+    def __init__(self, module: str, path: str) -> None:
+        super().__init__(module, path, _around_wsgi_app)
