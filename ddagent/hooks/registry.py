@@ -57,7 +57,7 @@ OnReturn = Callable[..., None]  # on_return(span, result, *params)
 KNOWN_INTEGRATIONS: dict[str, tuple[Optional[str], str]] = {
     "bottle": (None, "bottle"),
     "cassandra": (None, "cassandra"),
-    "django": (None, "django"),
+    "django": ("ddagent.hooks.django", "django"),
     "elasticsearch": (None, "elasticsearch"),
     "falcon": (None, "falcon"),
     "flask": (None, "flask"),
@@ -66,7 +66,8 @@ KNOWN_INTEGRATIONS: dict[str, tuple[Optional[str], str]] = {
     "mysql": (None, "mysql"),
     "psycopg": (None, "psycopg2"),
     "pylibmc": (None, "pylibmc"),
-    "pylons": (None, "pylons"),
+    "pylons": ("ddagent.hooks.pylons", "pylons"),
+    "pyramid": ("ddagent.hooks.pyramid", "pyramid"),
     "pymongo": (None, "pymongo"),
     "redis": ("ddagent.hooks.redis", "redis"),
     "requests": (None, "requests"),
