@@ -1,28 +1,51 @@
 """The DB-API 2.0 layer shared by database driver integrations.
 
-A driver integration describes its database once with :class:`Database` (the span name, the
-``db.system`` value, and how to read host/port/database/user from a new connection) and probes
-its ``connect`` function with :meth:`Database.connect_probe`. Connections come back wrapped in a
-:class:`TracedConnection` proxy, whose cursors are :class:`TracedCursor` proxies; every
-``execute``, ``executemany``, ``executescript`` and ``callproc`` becomes a ``<vendor>.query``
-span (type ``sql``, resource = the query text, metric ``db.row_count``).
+A driver integration describes its database once with :class:`Database`: the span name, the
+``db.system`` value, how to read host/port/database/user from a new connection and, if the
+driver has them, how to tell a server-side cursor. It then lists probes made by the
+:class:`Database`:
 
-The proxies are ``wrapt.ObjectProxy`` objects: ``isinstance(conn, sqlite3.Connection)`` stays
-true, every other attribute passes through, and ``with conn:`` keeps yielding the proxy. They
-check the integration switch on every call, so connections opened before a ``disable`` stop
-producing spans at once.
+- :meth:`Database.connect_probe`: ``module.connect(...)`` (or a ``Class.connect`` classmethod)
+  returns a :class:`TracedConnection` proxy; ``asynchronous=True`` for ``async`` connect
+  methods, which give :class:`AsyncTracedConnection` proxies.
+- :meth:`Database.real_objects_probe`: a C function that type-checks its arguments (psycopg2's
+  ``register_type``) receives the driver's own connection or cursor instead of the proxy.
+
+Connections hand out traced cursors. Every ``execute``, ``executemany``, ``executescript`` and
+``callproc`` becomes a ``<vendor>.query`` span (type ``sql``; resource = the query text,
+normalised by ``ddagent/sql.py`` unless ``DD_TRACE_SQL_NORMALIZE=false``; metric
+``db.row_count`` = the cursor's ``rowcount``). On a server-side cursor, where each fetch is a
+round trip, ``fetchone``/``fetchmany``/``fetchall`` become ``<vendor>.query.<method>`` spans
+with the query as resource and the rows fetched as ``db.row_count``. Errors are recorded on the
+span and re-raised unchanged. Connection passwords are never read.
+
+The proxies are ``wrapt.ObjectProxy`` objects: ``isinstance(conn, psycopg2.extensions.connection)``
+stays true, every other attribute passes through, and ``with conn:`` / ``with conn.cursor() as
+cur:`` (``async with`` too) keep yielding proxies. They check the integration switch on every
+call, so connections opened before a ``disable`` stop producing spans at once.
+
+A layer above the driver that traces the statement itself (SQLAlchemy) sets
+:data:`OUTER_QUERY_SPAN` to its span around the driver call; while that span is unfinished no
+driver span is made: one statement, one ``<vendor>.query`` span.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, NamedTuple, Optional
+import contextvars
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, NamedTuple, Optional
 
 import wrapt
 
 from ddagent.hooks.wrappers import WrapperProbe, call_probed
+from ddagent.sql import normalize_query
 
 if TYPE_CHECKING:
-    from ddagent.hooks.registry import Integration
+    from ddagent.hooks.registry import Integration, OnCall, OnReturn
+
+OUTER_QUERY_SPAN: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "ddagent_outer_query_span", default=None)
+"""The span a layer above the driver made for the statement being executed (while unfinished)."""
 
 
 class ConnectionInfo(NamedTuple):
@@ -40,21 +63,53 @@ Describe = Callable[[Any, tuple, dict], ConnectionInfo]  # (connection, connect 
 class Database:
     """One database product as seen by its driver integration.
 
-    ``span_name`` e.g. ``"sqlite.query"``; ``system`` the ``db.system`` tag (``"sqlite"``);
-    ``describe(connection, args, kwargs)`` reads the peer from a new connection.
+    ``span_name`` e.g. ``"postgres.query"``; ``system`` the ``db.system`` tag
+    (``"postgresql"``); ``describe(connection, args, kwargs)`` reads the peer from a new
+    connection; ``server_side(cursor)`` is true for cursors whose fetches go to the server.
     """
 
-    def __init__(self, *, span_name: str, system: str, describe: Describe | None = None) -> None:
+    def __init__(self, *, span_name: str, system: str, describe: Describe | None = None,
+                 server_side: Callable[[Any], bool] | None = None) -> None:
         self.span_name = span_name
         self.system = system
         self.describe = describe
+        self.server_side = server_side
 
-    def connect_probe(self, module: str, attr: str = "connect") -> WrapperProbe:
-        """A probe that makes ``module.attr(...)`` return traced connections."""
+    def connect_probe(self, module: str, attr: str = "connect", *,
+                      asynchronous: bool = False) -> Any:
+        """A probe that makes ``module.attr(...)`` return traced connections.
+
+        ``attr`` may be ``"Class.method"`` (a connect classmethod, e.g. psycopg 3's
+        ``Connection.connect``); ``asynchronous`` for a coroutine that gives the connection.
+        """
+        if asynchronous:
+            return CallProbe(module, attr, self._connect_async)
+        if "." in attr:
+            return CallProbe(module, attr, self._connect)
         return WrapperProbe(module, attr, on_result=self._trace_connection)
 
-    def _trace_connection(self, integration: Integration, connection: Any,
-                          args: tuple, kwargs: dict) -> TracedConnection:
+    def real_objects_probe(self, module: str, attr: str) -> CallProbe:
+        """A probe that passes ``module.attr`` the driver's own objects instead of proxies."""
+        return CallProbe(module, attr, _call_with_real_objects)
+
+    def _connect(self, integration: Integration, connect: Callable, args: tuple,
+                 kwargs: dict) -> Any:
+        connection = connect(*args, **kwargs)
+        return _guarded(integration, self._trace_connection, connection, args, kwargs)
+
+    def _connect_async(self, integration: Integration, connect: Callable, args: tuple,
+                       kwargs: dict) -> Awaitable:
+        async def connect_traced() -> Any:
+            connection = await connect(*args, **kwargs)
+            return _guarded(integration, self._trace_connection, connection, args, kwargs,
+                            AsyncTracedConnection)
+
+        return connect_traced()
+
+    def _trace_connection(self, integration: Integration, connection: Any, args: tuple,
+                          kwargs: dict, proxy_class: type | None = None) -> Any:
+        if isinstance(connection, _TracedProxy):  # connect() called through two probed names
+            return connection
         info = self.describe(connection, args, kwargs) if self.describe else ConnectionInfo()
         tags = {
             "db.system": self.system,
@@ -64,7 +119,68 @@ class Database:
             "db.user": info.user,
         }
         metrics = {"network.destination.port": info.port}
-        return TracedConnection(connection, _QueryContext(integration, self, tags, metrics))
+        context = _QueryContext(integration, self, tags, metrics)
+        return (proxy_class or TracedConnection)(connection, context)
+
+
+def _guarded(integration: Integration, trace: Callable, connection: Any, *args: Any) -> Any:
+    """``trace(integration, connection, ...)``; the plain connection if disabled or it fails."""
+    if not integration.enabled:
+        return connection
+    try:
+        return trace(integration, connection, *args)
+    except Exception as exc:
+        integration.probe_failed(exc)
+        return connection
+
+
+class CallProbe:
+    """Replace the callable at ``module.path`` by a wrapper that calls ``around``.
+
+    ``path`` is ``"function"`` or ``"Class.method"`` (the raw class attribute is wrapped, so a
+    classmethod stays bound to the subclass it is called on).
+    ``around(integration, wrapped, args, kwargs)`` makes the call and returns its result; it
+    must not raise errors of its own. Undoing puts the original back unless someone else
+    replaced it since.
+    """
+
+    def __init__(self, module: str, path: str,
+                 around: Callable[[Integration, Callable, tuple, dict], Any]) -> None:
+        self.module = module
+        self.path = path
+        self.around = around
+
+    def __repr__(self) -> str:
+        return f"<CallProbe {self.module}.{self.path}>"
+
+    def install(self, module: ModuleType, integration: Integration) -> Callable[[], None]:
+        *class_path, attr = self.path.split(".")
+        owner: Any = module
+        for part in class_path:
+            owner = getattr(owner, part)
+        original = vars(owner)[attr]
+        around = self.around
+
+        def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+            return around(integration, wrapped, args, kwargs)
+
+        replacement = wrapt.FunctionWrapper(original, wrapper)
+        setattr(owner, attr, replacement)
+
+        def undo() -> None:
+            if vars(owner).get(attr) is replacement:
+                setattr(owner, attr, original)
+
+        return undo
+
+
+def _call_with_real_objects(integration: Integration, function: Callable, args: tuple,
+                            kwargs: dict) -> Any:
+    return function(*(_real(a) for a in args), **{k: _real(v) for k, v in kwargs.items()})
+
+
+def _real(value: Any) -> Any:
+    return value.__wrapped__ if isinstance(value, _TracedProxy) else value
 
 
 class _QueryContext(NamedTuple):
@@ -83,79 +199,206 @@ class _TracedProxy(wrapt.ObjectProxy):
     def __init__(self, wrapped: Any, context: _QueryContext) -> None:
         super().__init__(wrapped)
         self._self_context = context
+        self._self_query: Any = None  # the last query executed (a server cursor's fetches)
 
-    def _self_traced(self, method: str, query: Any, args: tuple, kwargs: dict) -> Any:
+    def _self_probe_args(self, method: str, query: Any, args: tuple,
+                         kwargs: dict) -> tuple[Integration, OnCall, tuple, Callable, OnReturn]:
+        """What ``call_probed`` needs to run ``method(query, ...)`` on the wrapped object."""
         call = getattr(self.__wrapped__, method)
-        return call_probed(self._self_context.integration, _start_query_span, (self, query),
-                           lambda: call(query, *args, **kwargs), _record_row_count)
+        self._self_query = query
+        return (self._self_context.integration, _start_query_span, (self, query),
+                lambda: call(query, *args, **kwargs), _record_row_count)
 
-    def _self_cursor_proxy(self, cursor: Any) -> TracedCursor:
-        proxy = TracedCursor(cursor, self._self_context)
-        if self._datadog_pin is not None:
-            proxy._datadog_pin = self._datadog_pin
-        return proxy
+    def _self_same(self, result: Any) -> Any:
+        # execute() and __enter__ may return the object itself: hand back the proxy instead.
+        return self if result is self.__wrapped__ else result
 
 
 class TracedCursor(_TracedProxy):
     """A DB-API cursor whose query methods produce spans."""
 
     def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._self_same(self._self_traced("execute", query, args, kwargs))
+        return self._self_same(call_probed(*self._self_probe_args("execute", query, args, kwargs)))
 
     def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._self_same(self._self_traced("executemany", query, args, kwargs))
+        return self._self_same(
+            call_probed(*self._self_probe_args("executemany", query, args, kwargs)))
 
     def executescript(self, script: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._self_same(self._self_traced("executescript", script, args, kwargs))
+        return self._self_same(
+            call_probed(*self._self_probe_args("executescript", script, args, kwargs)))
 
     def callproc(self, procname: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._self_traced("callproc", procname, args, kwargs)
+        return call_probed(*self._self_probe_args("callproc", procname, args, kwargs))
+
+    def fetchone(self) -> Any:
+        return self._self_fetch("fetchone", ())
+
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        return self._self_fetch("fetchmany", args, kwargs)
+
+    def fetchall(self) -> Any:
+        return self._self_fetch("fetchall", ())
+
+    def _self_fetch(self, method: str, args: tuple, kwargs: dict | None = None) -> Any:
+        call = getattr(self.__wrapped__, method)
+        server_side = self._self_context.database.server_side
+        if server_side is None or not server_side(self.__wrapped__):
+            return call(*args, **(kwargs or {}))
+        return call_probed(self._self_context.integration, _start_fetch_span, (self, method),
+                           lambda: call(*args, **(kwargs or {})), _record_fetched_rows)
 
     def __enter__(self) -> Any:
         return self._self_same(self.__wrapped__.__enter__())
-
-    def _self_same(self, result: Any) -> Any:
-        # sqlite3's execute() returns the cursor itself: hand back the proxy, not the raw one.
-        return self if result is self.__wrapped__ else result
 
 
 class TracedConnection(_TracedProxy):
     """A DB-API connection whose cursors are traced, as are its ``execute*`` shortcuts."""
 
     def cursor(self, *args: Any, **kwargs: Any) -> TracedCursor:
-        return self._self_cursor_proxy(self.__wrapped__.cursor(*args, **kwargs))
+        return self._self_cursor(self.__wrapped__.cursor(*args, **kwargs))
 
     def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._self_cursor_proxy(self._self_traced("execute", query, args, kwargs))
+        return self._self_cursor(
+            call_probed(*self._self_probe_args("execute", query, args, kwargs)))
 
     def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._self_cursor_proxy(self._self_traced("executemany", query, args, kwargs))
+        return self._self_cursor(
+            call_probed(*self._self_probe_args("executemany", query, args, kwargs)))
 
     def executescript(self, script: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._self_cursor_proxy(self._self_traced("executescript", script, args, kwargs))
+        return self._self_cursor(
+            call_probed(*self._self_probe_args("executescript", script, args, kwargs)))
 
     def __enter__(self) -> Any:
-        result = self.__wrapped__.__enter__()
-        return self if result is self.__wrapped__ else result
+        return self._self_same(self.__wrapped__.__enter__())
 
+    def _self_cursor(self, cursor: Any, proxy_class: type | None = None) -> Any:
+        proxy = (proxy_class or TracedCursor)(cursor, self._self_context)
+        if self._datadog_pin is not None:
+            proxy._datadog_pin = self._datadog_pin
+        return proxy
+
+
+# -- asyncio drivers (psycopg 3's AsyncConnection) --------------------------------------------
+
+async def _call_probed_async(integration: Integration, on_call: OnCall, params: tuple,
+                             call: Callable[[], Awaitable], on_return: OnReturn) -> Any:
+    """:func:`call_probed` for a coroutine: the span lasts until it is done."""
+    token = integration.enter(on_call, params)
+    if token is None:
+        return await call()
+    try:
+        result = await call()
+    except BaseException as exc:
+        integration.exit(token, None, exc)
+        raise
+    integration.exit(token, result, None, on_return)
+    return result
+
+
+class AsyncTracedCursor(_TracedProxy):
+    """An asyncio cursor whose query coroutines produce spans (fetches are not traced)."""
+
+    async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._self_same(
+            await _call_probed_async(*self._self_probe_args("execute", query, args, kwargs)))
+
+    async def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        return self._self_same(
+            await _call_probed_async(*self._self_probe_args("executemany", query, args, kwargs)))
+
+    async def callproc(self, procname: Any, *args: Any, **kwargs: Any) -> Any:
+        return await _call_probed_async(*self._self_probe_args("callproc", procname, args, kwargs))
+
+    async def __aenter__(self) -> Any:
+        return self._self_same(await self.__wrapped__.__aenter__())
+
+    def __aiter__(self) -> Any:
+        return self.__wrapped__.__aiter__()
+
+
+class AsyncTracedConnection(TracedConnection):
+    """An asyncio connection: ``cursor()`` gives traced async cursors, ``await execute()``."""
+
+    def cursor(self, *args: Any, **kwargs: Any) -> AsyncTracedCursor:
+        return self._self_cursor(self.__wrapped__.cursor(*args, **kwargs), AsyncTracedCursor)
+
+    async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        cursor = await _call_probed_async(*self._self_probe_args("execute", query, args, kwargs))
+        return self._self_cursor(cursor, AsyncTracedCursor)
+
+    async def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        return await _call_probed_async(
+            *self._self_probe_args("executemany", query, args, kwargs))
+
+    async def __aenter__(self) -> Any:
+        return self._self_same(await self.__wrapped__.__aenter__())
+
+
+# -- spans ------------------------------------------------------------------------------------
 
 def _start_query_span(integration: Integration, traced: _TracedProxy, query: Any) -> Any:
+    outer = OUTER_QUERY_SPAN.get()
+    if outer is not None and not outer.finished:
+        return None
     context = traced._self_context
-    return integration.start_span(
-        traced, context.database.span_name, resource=_query_text(query), span_type="sql",
-        tags=context.tags, metrics=context.metrics,
-    )
+    span = integration.start_span(traced, context.database.span_name, span_type="sql",
+                                  tags=context.tags, metrics=context.metrics)
+    if span is not None:
+        span.resource = query_resource(query_text(query, traced.__wrapped__), span)
+    return span
+
+
+def _start_fetch_span(integration: Integration, cursor: TracedCursor, method: str) -> Any:
+    context = cursor._self_context
+    span = integration.start_span(cursor, f"{context.database.span_name}.{method}",
+                                  span_type="sql", tags=context.tags, metrics=context.metrics)
+    if span is not None:
+        span.resource = query_resource(query_text(cursor._self_query, cursor.__wrapped__), span)
+    return span
 
 
 def _record_row_count(span: Any, result: Any, traced: _TracedProxy, query: Any) -> None:
     # A cursor method reports on its own cursor; a connection shortcut returns the cursor.
-    cursor = traced.__wrapped__ if isinstance(traced, TracedCursor) else result
+    cursor = result if isinstance(traced, TracedConnection) else traced.__wrapped__
     rowcount = getattr(cursor, "rowcount", None)
     if isinstance(rowcount, int):
         span.set_metric("db.row_count", rowcount)
 
 
-def _query_text(query: Any) -> str:
-    if isinstance(query, bytes):
-        return query.decode("utf-8", errors="replace")
-    return query if isinstance(query, str) else str(query)
+def _record_fetched_rows(span: Any, rows: Any, cursor: TracedCursor, method: str) -> None:
+    if method == "fetchone":
+        span.set_metric("db.row_count", 0 if rows is None else 1)
+    elif isinstance(rows, (list, tuple)):
+        span.set_metric("db.row_count", len(rows))
+
+
+def query_text(query: Any, context: Any = None) -> str:
+    """The SQL of ``query``: text, bytes, or a composed statement (``psycopg.sql.Composed``).
+
+    ``context`` is the driver's connection or cursor, which composed statements need to quote
+    identifiers. Never raises.
+    """
+    if isinstance(query, str):
+        return query
+    if isinstance(query, (bytes, bytearray)):
+        return bytes(query).decode("utf-8", errors="replace")
+    as_string = getattr(query, "as_string", None)
+    if as_string is not None and context is not None:
+        try:
+            return as_string(context)
+        except Exception:
+            pass  # not composable with this context: fall back to its str()
+    try:
+        return str(query)
+    except Exception:
+        return "?"
+
+
+def query_resource(text: str, span: Any) -> str:
+    """The resource for SQL ``text``: normalised unless the span's tracer config says not."""
+    config = getattr(getattr(span, "_tracer", None), "config", None)
+    if config is not None and not getattr(config, "sql_normalize", True):
+        return text
+    return normalize_query(text)
