@@ -18,6 +18,8 @@ Variables (the accepted form is in each warning):
 - ``DD_TRACE_DEBUG``: ``true`` logs ddagent's debug messages and every trace written.
 - ``DD_TRACE_PARTIAL_FLUSH_MIN_SPANS``: hand a trace's finished spans to the writer once this
   many are waiting, before the local root finishes (default 300).
+- ``DD_TRACE_SQL_NORMALIZE``: ``true`` (default) replaces the literals in SQL resources by ``?``
+  before they leave the process (``ddagent/sql.py``); ``false`` sends query text as executed.
 
 A malformed value logs one warning naming the variable and the accepted form, then the default
 is used. ``Config.sources`` records where each value came from, for diagnostics.
@@ -55,6 +57,7 @@ class Config:
     sample_rate: Optional[float]
     debug: bool
     partial_flush_min_spans: int
+    sql_normalize: bool
     sources: dict[str, str]
     """For each attribute above: ``"env DD_X"``, ``"default"`` or how it was derived."""
 
@@ -81,6 +84,8 @@ class Config:
         self.partial_flush_min_spans = env.read(
             "partial_flush_min_spans", "DD_TRACE_PARTIAL_FLUSH_MIN_SPANS", _positive_int, 300,
             "a positive integer")
+        self.sql_normalize = env.read(
+            "sql_normalize", "DD_TRACE_SQL_NORMALIZE", _bool, True, "true or false")
         return self
 
     def __repr__(self) -> str:
