@@ -53,7 +53,8 @@ OnReturn = Callable[..., None]  # on_return(span, result, *params)
 
 
 # Every library name the seed's patch()/patch_all() accepted, with the hook module that
-# implements it (None: not implemented yet) and the module whose presence means "installed".
+# implements it (None: not implemented yet) and the module whose presence means "installed"
+# (several, comma-separated, when one name covers alternative libraries: psycopg2 or psycopg 3).
 KNOWN_INTEGRATIONS: dict[str, tuple[Optional[str], str]] = {
     "bottle": (None, "bottle"),
     "cassandra": (None, "cassandra"),
@@ -63,15 +64,17 @@ KNOWN_INTEGRATIONS: dict[str, tuple[Optional[str], str]] = {
     "flask": (None, "flask"),
     "flask_cache": (None, "flask_caching"),
     "mongoengine": ("ddagent.hooks.mongoengine", "mongoengine"),
-    "mysql": (None, "mysql"),
-    "psycopg": (None, "psycopg2"),
+    "mysql": ("ddagent.hooks.mysql", "mysql.connector"),
+    "mysqldb": ("ddagent.hooks.mysqldb", "MySQLdb"),
+    "psycopg": ("ddagent.hooks.psycopg", "psycopg2,psycopg"),
     "pylibmc": (None, "pylibmc"),
     "pylons": ("ddagent.hooks.pylons", "pylons"),
     "pyramid": ("ddagent.hooks.pyramid", "pyramid"),
     "pymongo": ("ddagent.hooks.pymongo", "pymongo"),
+    "pymysql": ("ddagent.hooks.pymysql", "pymysql"),
     "redis": ("ddagent.hooks.redis", "redis"),
     "requests": (None, "requests"),
-    "sqlalchemy": (None, "sqlalchemy"),
+    "sqlalchemy": ("ddagent.hooks.sqlalchemy", "sqlalchemy"),
     "sqlite3": ("ddagent.hooks.sqlite3", "sqlite3"),
     "urllib3": (None, "urllib3"),
 }
@@ -476,7 +479,10 @@ def get_patched_modules() -> list[str]:
 
 
 def _library_installed(name: str) -> bool:
-    library = KNOWN_INTEGRATIONS[name][1]
+    return any(_module_installed(library) for library in KNOWN_INTEGRATIONS[name][1].split(","))
+
+
+def _module_installed(library: str) -> bool:
     if library in sys.modules:
         return True
     try:
@@ -486,7 +492,8 @@ def _library_installed(name: str) -> bool:
 
 
 def _library_version(name: str) -> str | None:
-    library = KNOWN_INTEGRATIONS[name][1]
+    libraries = KNOWN_INTEGRATIONS[name][1].split(",")
+    library = next((lib for lib in libraries if _module_installed(lib)), libraries[0])
     try:
         return importlib.metadata.version(library)
     except Exception:
