@@ -13,10 +13,14 @@ from __future__ import annotations
 import logging
 import os
 import urllib.parse
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from ddagent.context import ACTIVE_SPAN
+from ddagent.propagation import HTTPPropagator
 from ddagent.writer.transport import IN_WRITER
+
+if TYPE_CHECKING:
+    from ddagent.hooks.registry import Integration
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +77,26 @@ def may_trace_client_call() -> bool:
     active = ACTIVE_SPAN.get()
     return (active is None or active.finished or active.span_type != CLIENT_SPAN_TYPE
             or active.meta.get("span.kind") != "client")
+
+
+def client_span(integration: Integration, pin_from: Any, span_name: str, method: str,
+                url: str, headers: Any) -> Any:
+    """Start an HTTP client span for ``method url`` and inject its context into ``headers``."""
+    if not may_trace_client_call():
+        return None
+    parts = urllib.parse.urlsplit(url)
+    span = integration.start_span(
+        pin_from, span_name, resource=f"{method} {parts.path or '/'}", span_type=CLIENT_SPAN_TYPE,
+        tags={"http.method": method, "http.url": url_tag(url), "out.host": parts.hostname},
+    )
+    if span is not None and headers is not None:
+        HTTPPropagator.inject(span, headers)
+    return span
+
+
+def record_status(span: Any, status: Any) -> None:
+    """Tag the response status; client error statuses mark the span."""
+    if isinstance(status, int):
+        span.set_tag("http.status_code", str(status))
+        if status in CLIENT_ERROR_STATUSES:
+            span.error = 1

@@ -60,8 +60,8 @@ KNOWN_INTEGRATIONS: dict[str, tuple[Optional[str], str]] = {
     "cassandra": (None, "cassandra"),
     "django": ("ddagent.hooks.django", "django"),
     "elasticsearch": ("ddagent.hooks.elasticsearch", "elasticsearch"),
-    "falcon": (None, "falcon"),
-    "flask": (None, "flask"),
+    "falcon": ("ddagent.hooks.falcon", "falcon"),
+    "flask": ("ddagent.hooks.flask", "flask"),
     "flask_cache": ("ddagent.hooks.flask_caching", "flask_caching,flask_cache"),
     "mongoengine": ("ddagent.hooks.mongoengine", "mongoengine"),
     "mysql": ("ddagent.hooks.mysql", "mysql.connector"),
@@ -73,10 +73,10 @@ KNOWN_INTEGRATIONS: dict[str, tuple[Optional[str], str]] = {
     "pymongo": ("ddagent.hooks.pymongo", "pymongo"),
     "pymysql": ("ddagent.hooks.pymysql", "pymysql"),
     "redis": ("ddagent.hooks.redis", "redis"),
-    "requests": (None, "requests"),
+    "requests": ("ddagent.hooks.requests", "requests"),
     "sqlalchemy": ("ddagent.hooks.sqlalchemy", "sqlalchemy"),
     "sqlite3": ("ddagent.hooks.sqlite3", "sqlite3"),
-    "urllib3": (None, "urllib3"),
+    "urllib3": ("ddagent.hooks.urllib3", "urllib3"),
 }
 
 # patch_all() turns everything on except these (SQLAlchemy: prefer the DB driver's spans).

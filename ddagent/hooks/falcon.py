@@ -1,0 +1,100 @@
+"""Falcon (3.x, 4.x, WSGI apps): a ``falcon.request`` span per request.
+
+The request span comes from the shared WSGI layer (``hooks/wsgi.py``) around ``App.__call__``.
+When Falcon has routed the request (``App._get_responder``), the span gets resource
+``METHOD <module>.<ResourceClass>`` and tag ``http.route`` = the URI template; an unrouted
+request is ``METHOD 404``. An exception a responder raises, which Falcon turns into a response
+itself, is recorded on the span unless it is an HTTP error below 500 (``HTTPNotFound``...).
+
+The seed's explicit ``TraceMiddleware(tracer, service="falcon")`` (a Falcon middleware) keeps
+working: with the automatic instrumentation on, it only applies its service; without it, it
+traces the request itself from ``process_request`` to ``process_response`` (so a streamed body
+is not covered, and an exception Falcon handled shows only as its status).
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Callable, Optional
+
+from ddagent.hooks.registry import FunctionProbe, Integration
+from ddagent.hooks.wsgi import (
+    AroundProbe,
+    WSGIAppProbe,
+    finish_request,
+    request_span,
+    set_route,
+    start_request,
+)
+
+_MIDDLEWARE_SPAN = "ddagent.falcon.middleware_span"  # environ key: the span the middleware owns
+
+
+def _name_request(req: Any, resource: Any, uri_template: Optional[str]) -> None:
+    span = request_span(getattr(req, "env", None) or {})
+    if span is None or resource is None:
+        return
+    resource_class = type(resource)
+    set_route(span, uri_template or req.path,
+              f"{resource_class.__module__}.{resource_class.__qualname__}")
+
+
+def _traced_get_responder(integration: Integration, wrapped: Callable, app: Any, args: tuple,
+                          kwargs: dict) -> Any:
+    result = wrapped(*args, **kwargs)
+    try:
+        _responder, _params, resource, uri_template = result
+        _name_request(args[0] if args else kwargs["req"], resource, uri_template)
+    except Exception as exc:
+        integration.probe_failed(exc)
+    return result
+
+
+def _record_handled_exception(integration: Integration, app: Any, req: Any, resp: Any,
+                              exc: BaseException, params: Any) -> None:
+    falcon = sys.modules["falcon"]
+    span = request_span(getattr(req, "env", None) or {})
+    if span is None or isinstance(exc, falcon.HTTPStatus):
+        return None
+    if isinstance(exc, falcon.HTTPError) and (getattr(exc, "status_code", 500) or 500) < 500:
+        return None
+    span.set_exc_info(type(exc), exc, exc.__traceback__)
+    return None  # no span of its own
+
+
+class TraceMiddleware:
+    """The seed's Falcon middleware: ``falcon.App(middleware=[TraceMiddleware(tracer)])``."""
+
+    def __init__(self, tracer: Any = None, service: str = "falcon") -> None:
+        self.tracer = tracer
+        self.service = service
+
+    def process_request(self, req: Any, resp: Any) -> None:
+        span = request_span(req.env)
+        if span is not None:  # the automatic instrumentation traces it: apply our service
+            span.service = self.service
+            return
+        span = start_request(integration, req.env, tracer=self.tracer, service=self.service)
+        if span is not None:
+            req.env[_MIDDLEWARE_SPAN] = span
+
+    def process_resource(self, req: Any, resp: Any, resource: Any, params: Any) -> None:
+        _name_request(req, resource, getattr(req, "uri_template", None))
+
+    def process_response(self, req: Any, resp: Any, resource: Any,
+                         req_succeeded: bool = True) -> None:
+        span = req.env.pop(_MIDDLEWARE_SPAN, None)
+        if span is not None:
+            finish_request(span, integration, status=resp.status)
+
+
+integration = Integration(
+    "falcon",
+    service="falcon",
+    span_kind="server",
+    probes=[
+        WSGIAppProbe("falcon.app", "App.__call__"),
+        AroundProbe("falcon.app", "App._get_responder", _traced_get_responder),
+        FunctionProbe("falcon.app", "App._handle_exception", on_call=_record_handled_exception),
+    ],
+)

@@ -1,0 +1,149 @@
+"""Flask: a ``flask.request`` span per request, with sub-spans for what Flask does inside it.
+
+The request span comes from the shared WSGI layer (``hooks/wsgi.py``) around ``Flask.wsgi_app``;
+once Flask has matched the URL, ``full_dispatch_request`` names it: resource ``GET <url rule>``
+(``GET /users/<int:id>``), tags ``http.route``, ``flask.url_rule``, ``flask.endpoint`` and
+``flask.version``. An unmatched URL gives ``GET 404``. An exception Flask turns into a 500
+(``handle_exception``) is recorded on the request span.
+
+Sub-spans (no type unless said, tag ``component=flask``, the request's service):
+``flask.preprocess_request``, the view ``<module>.<function>`` (resource = the rule),
+``flask.process_response``, ``flask.handle_user_exception``, ``flask.handle_http_exception``,
+``flask.handle_exception``, ``flask.do_teardown_request``, ``flask.do_teardown_appcontext``,
+and ``flask.render_template`` (type ``template``, resource and tag ``flask.template_name`` = the
+template's name) around ``render_template``/``render_template_string``.
+
+The seed's explicit :class:`TraceMiddleware` keeps working, with or without the automatic
+instrumentation: the request is traced once, by the outermost layer (the middleware, with its
+own tracer and service). Without the automatic instrumentation it names requests through
+Flask's ``request_started`` signal and records unhandled exceptions through
+``got_request_exception``, but gives no sub-spans.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import sys
+from typing import Any, Callable, Optional
+
+from ddagent.hooks.registry import FunctionProbe, Integration
+from ddagent.hooks.wsgi import (
+    WSGIAppProbe,
+    WSGITraceMiddleware,
+    request_span,
+    set_route,
+    start_child_span,
+)
+
+_flask_version: Optional[str] = None
+
+
+def _current_request() -> Any:
+    flask = sys.modules["flask"]
+    return flask.request if flask.has_request_context() else None
+
+
+def _name_request(*_ignored: Any, **_also_ignored: Any) -> None:
+    """Tag the request span with the matched URL rule (any arguments: a probe or a signal)."""
+    global _flask_version
+    request = _current_request()
+    span = request_span(request.environ) if request is not None else None
+    if span is None:
+        return
+    rule = request.url_rule
+    if rule is not None:
+        set_route(span, rule.rule)
+        span.set_tag("flask.url_rule", rule.rule)
+        span.set_tag("flask.endpoint", rule.endpoint)
+    if _flask_version is None:
+        _flask_version = importlib.metadata.version("flask")
+    span.set_tag("flask.version", _flask_version)
+
+
+def _record_unhandled(_sender: Any, exception: BaseException, **_extra: Any) -> None:
+    request = _current_request()
+    span = request_span(request.environ) if request is not None else None
+    if span is not None:
+        span.set_exc_info(type(exception), exception, exception.__traceback__)
+
+
+def _sub_span(name: str) -> Callable[..., Any]:
+    def on_call(integration: Integration, *_params: Any) -> Any:
+        return start_child_span(integration, name)
+
+    return on_call
+
+
+def _name_request_probe(integration: Integration, app: Any) -> None:
+    _name_request()
+    return None  # no span of its own
+
+
+def _view_span(integration: Integration, app: Any) -> Any:
+    request = _current_request()
+    rule = request.url_rule if request is not None else None
+    view = app.view_functions.get(rule.endpoint) if rule is not None else None
+    if view is None:  # routing failed: Flask raises the routing exception, handled as a 404
+        return None
+    name = f"{getattr(view, '__module__', None)}.{getattr(view, '__name__', rule.endpoint)}"
+    return start_child_span(integration, name, resource=rule.rule)
+
+
+def _unhandled_exception_span(integration: Integration, app: Any, exc: BaseException) -> Any:
+    _record_unhandled(app, exc)
+    return start_child_span(integration, "flask.handle_exception")
+
+
+def _template_span(integration: Integration, app: Any, template: Any, context: Any) -> Any:
+    name = getattr(template, "name", None) or "<string>"
+    span = start_child_span(integration, "flask.render_template", resource=name,
+                            span_type="template")
+    if span is not None:
+        span.set_tag("flask.template_name", name)
+    return span
+
+
+class TraceMiddleware:
+    """The seed's explicit setup: ``TraceMiddleware(app, tracer, service="flask")``.
+
+    Wraps ``app.wsgi_app``; ``use_signals`` is accepted for compatibility (the request is
+    named through Flask's signals either way).
+    """
+
+    def __init__(self, app: Any, tracer: Any = None, service: str = "flask",
+                 use_signals: bool = True) -> None:
+        self.app = app
+        self._tracer = tracer
+        self._service = service
+        app.wsgi_app = WSGITraceMiddleware(app.wsgi_app, integration, tracer, service)
+        flask = importlib.import_module("flask")
+        # Strong references: the handlers are module functions, connected once per app.
+        flask.request_started.connect(_name_request, sender=app, weak=False)
+        flask.got_request_exception.connect(_record_unhandled, sender=app, weak=False)
+
+
+integration = Integration(
+    "flask",
+    service="flask",
+    span_kind="server",
+    probes=[
+        WSGIAppProbe("flask.app", "Flask.wsgi_app"),
+        FunctionProbe("flask.app", "Flask.full_dispatch_request", on_call=_name_request_probe),
+        FunctionProbe("flask.app", "Flask.preprocess_request",
+                      on_call=_sub_span("flask.preprocess_request")),
+        FunctionProbe("flask.app", "Flask.dispatch_request", on_call=_view_span),
+        FunctionProbe("flask.app", "Flask.process_response",
+                      on_call=_sub_span("flask.process_response")),
+        FunctionProbe("flask.app", "Flask.handle_user_exception",
+                      on_call=_sub_span("flask.handle_user_exception")),
+        FunctionProbe("flask.app", "Flask.handle_http_exception",
+                      on_call=_sub_span("flask.handle_http_exception")),
+        FunctionProbe("flask.app", "Flask.handle_exception", on_call=_unhandled_exception_span),
+        FunctionProbe("flask.app", "Flask.do_teardown_request",
+                      on_call=_sub_span("flask.do_teardown_request")),
+        FunctionProbe("flask.app", "Flask.do_teardown_appcontext",
+                      on_call=_sub_span("flask.do_teardown_appcontext")),
+        FunctionProbe("flask.templating", "_render", on_call=_template_span),
+    ],
+)
