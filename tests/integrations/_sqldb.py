@@ -58,8 +58,8 @@ def assert_query_span(span: dict, *, name: str, service: str, component: str, sy
     assert_no_secret(span)
 
 
-def toggle_while_threads_query(name: str, query_once: Callable[[int], None], span_count: Callable[[], int],
-                               threads: int = 4) -> None:
+def toggle_while_threads_query(name: str, query_once: Callable[[int], None],
+                               span_count: Callable[[], int], threads: int = 4) -> None:
     """Threads keep querying on connections opened while traced, through disable and enable.
 
     ``query_once(i)`` runs one query on thread ``i``'s connection (opened on its first call).

@@ -11,7 +11,12 @@ import pytest
 from ddagent import probes
 from ddagent.pin import Pin
 from tests.integrations._sqldb import (
-    PASSWORD, PG_HOST, PG_PORT, assert_no_secret, assert_query_span, require_server,
+    PASSWORD,
+    PG_HOST,
+    PG_PORT,
+    assert_no_secret,
+    assert_query_span,
+    require_server,
     toggle_while_threads_query,
 )
 from tests.integrations.conftest import enabled, spans_named
@@ -112,7 +117,7 @@ def test_connection_shortcut_and_context_managers(psycopg_probes, list_writer):
 
 
 def test_psycopg2_apis_that_demand_the_real_connection(psycopg_probes, list_writer):
-    psycopg2 = pytest.importorskip("psycopg2")
+    pytest.importorskip("psycopg2")
     import psycopg2.extensions
     import psycopg2.extras
     from psycopg2 import sql
@@ -241,8 +246,6 @@ def test_disable_while_threads_query(driver, list_writer):
     finally:
         for conn in connections.values():
             conn.close()
-    assert driver.connect.__module__ == driver.__name__ or not hasattr(driver.connect,
-                                                                       "__wrapped__")
 
 
 def test_patch_accepts_the_seed_name(list_writer):
