@@ -120,7 +120,7 @@ class Database:
         }
         metrics = {"network.destination.port": info.port}
         context = _QueryContext(integration, self, tags, metrics)
-        return (proxy_class or TracedConnection)(connection, context)
+        return proxy_for(proxy_class or TracedConnection, connection, context)
 
 
 def _guarded(integration: Integration, trace: Callable, connection: Any, *args: Any) -> Any:
@@ -183,6 +183,32 @@ def _real(value: Any) -> Any:
     return value.__wrapped__ if isinstance(value, _TracedProxy) else value
 
 
+class _Absent:
+    """Hides a proxy method the wrapped object lacks, so ``hasattr(proxy, name)`` stays false
+    (psycopg2's ``_solve_conn_curs`` tells connections from cursors by ``execute``)."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: Any = None) -> Any:
+        raise AttributeError(self.name)
+
+
+_PROXY_CLASSES: dict[tuple[type, type], type] = {}  # one entry per driver class: bounded
+
+
+def proxy_for(proxy_class: type, wrapped: Any, context: _QueryContext) -> Any:
+    """A ``proxy_class`` proxy of ``wrapped``, without the traced methods ``wrapped`` lacks."""
+    key = (proxy_class, type(wrapped))
+    cls = _PROXY_CLASSES.get(key)
+    if cls is None:
+        absent = {name: _Absent() for name in proxy_class._self_optional
+                  if not hasattr(type(wrapped), name)}
+        cls = type(proxy_class.__name__, (proxy_class,), absent) if absent else proxy_class
+        _PROXY_CLASSES[key] = cls
+    return cls(wrapped, context)
+
+
 class _QueryContext(NamedTuple):
     """What every span of one connection (and its cursors) shares."""
 
@@ -216,6 +242,9 @@ class _TracedProxy(wrapt.ObjectProxy):
 
 class TracedCursor(_TracedProxy):
     """A DB-API cursor whose query methods produce spans."""
+
+    _self_optional = ("execute", "executemany", "executescript", "callproc", "fetchone",
+                      "fetchmany", "fetchall")
 
     def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         return self._self_same(call_probed(*self._self_probe_args("execute", query, args, kwargs)))
@@ -255,6 +284,8 @@ class TracedCursor(_TracedProxy):
 class TracedConnection(_TracedProxy):
     """A DB-API connection whose cursors are traced, as are its ``execute*`` shortcuts."""
 
+    _self_optional = ("execute", "executemany", "executescript")
+
     def cursor(self, *args: Any, **kwargs: Any) -> TracedCursor:
         return self._self_cursor(self.__wrapped__.cursor(*args, **kwargs))
 
@@ -274,7 +305,7 @@ class TracedConnection(_TracedProxy):
         return self._self_same(self.__wrapped__.__enter__())
 
     def _self_cursor(self, cursor: Any, proxy_class: type | None = None) -> Any:
-        proxy = (proxy_class or TracedCursor)(cursor, self._self_context)
+        proxy = proxy_for(proxy_class or TracedCursor, cursor, self._self_context)
         if self._datadog_pin is not None:
             proxy._datadog_pin = self._datadog_pin
         return proxy
@@ -299,6 +330,8 @@ async def _call_probed_async(integration: Integration, on_call: OnCall, params: 
 
 class AsyncTracedCursor(_TracedProxy):
     """An asyncio cursor whose query coroutines produce spans (fetches are not traced)."""
+
+    _self_optional = ("execute", "executemany", "callproc")
 
     async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         return self._self_same(
