@@ -6,12 +6,14 @@ import threading
 
 import pytest
 import redis
+import redis.cluster
 from redis import Redis
 
 from ddagent import probes
 from ddagent.hooks import rewrite
 from ddagent.pin import Pin
 from ddagent.stats import STATS
+from tests.integrations import servers
 from tests.integrations.conftest import enabled, spans_named
 
 PROBED = [Redis.execute_command, redis.client.Pipeline.execute,
@@ -195,3 +197,57 @@ def test_a_failing_probe_is_counted_and_disables_redis(redis_probes, client, lis
     [row] = [r for r in probes.status() if r["name"] == "redis"]
     assert not row["enabled"] and row["errors"] == before + 1
     assert list_writer.spans == []
+
+
+def test_transaction_with_watch(redis_probes, client, list_writer):
+    """Redis.transaction: WATCH and reads run at once, the MULTI block in execute()."""
+    client.set("ddagent:k", 1)
+
+    def increment(pipe):
+        value = int(pipe.get("ddagent:k"))
+        pipe.multi()
+        pipe.set("ddagent:k", value + 1)
+
+    assert client.transaction(increment, "ddagent:k") == [True]
+    assert [s.resource for s in list_writer.spans] == ["SET", "WATCH", "GET", "SET"]
+    assert list_writer.spans[-1].metrics["redis.pipeline_length"] == 1
+
+
+@pytest.fixture(scope="module")
+def cluster_ports():
+    with servers.redis_cluster() as ports:
+        yield ports
+
+
+@pytest.fixture
+def cluster(cluster_ports):
+    c = redis.cluster.RedisCluster(host="127.0.0.1", port=cluster_ports[0])
+    yield c
+    c.close()
+
+
+def test_cluster_commands_and_pipelines(redis_probes, cluster, agent_tracer, test_agent):
+    with agent_tracer.trace("app.work", service="app") as root:
+        assert cluster.set("ddagent:c", "v") is True
+        assert cluster.get("ddagent:c") == b"v"
+        with cluster.pipeline() as pipe:
+            assert pipe.set("ddagent:c", 1).incr("ddagent:c").execute() == [True, 2]
+        with cluster.pipeline(transaction=True) as pipe:  # one hash slot: {tag}
+            assert pipe.set("{t}a", 1).get("{t}a").execute()[-1] == b"1"
+        with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+            cluster.lpush("ddagent:c", "x")
+    agent_tracer.flush(10)
+
+    spans = [s for s in spans_named(test_agent.wait_for_traces(1), "redis.command")
+             if s["parent_id"] == root.span_id]
+    assert [s["resource"] for s in spans] == ["SET", "GET", "SET\nINCRBY", "SET\nGET", "LPUSH"]
+    for span in spans:
+        assert span["service"] == "redis"
+        assert span["meta"]["db.system"] == "redis"
+        assert "out.host" not in span["meta"]  # the node is chosen per command
+    assert spans[1]["metrics"]["db.row_count"] == 1
+    assert spans[2]["metrics"]["redis.pipeline_length"] == 2
+    assert spans[3]["meta"]["redis.raw_command"] == "SET {t}a 1\nGET {t}a"
+    assert spans[4]["error"] == 1
+    assert spans[4]["meta"]["error.type"] == "redis.exceptions.ResponseError"
+    test_agent.assert_no_check_failures()
