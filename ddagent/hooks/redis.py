@@ -53,10 +53,14 @@ def _pipeline_span(integration: Integration, pipeline: Any, *_execute_options: A
 
 def _queued_commands(pipeline: Any) -> list[tuple]:
     """The argument tuples ``pipeline.execute()`` is about to send."""
-    # Cluster pipelines (redis >= 6) queue PipelineCommand objects in their execution strategy;
-    # plain pipelines keep (args, options) pairs in command_stack.
+    # Plain pipelines keep (args, options) pairs in command_stack; cluster pipelines queue
+    # PipelineCommand objects: in their execution strategy since redis 6, before that in
+    # command_stack (sync) or _command_stack (asyncio).
     strategy = getattr(pipeline, "_execution_strategy", None)
-    queue = pipeline.command_stack if strategy is None else strategy._command_queue
+    if strategy is not None:
+        queue = strategy._command_queue
+    else:
+        queue = getattr(pipeline, "command_stack", None) or getattr(pipeline, "_command_stack", ())
     return [command.args if hasattr(command, "args") else command[0] for command in queue]
 
 
