@@ -105,7 +105,10 @@ def instrument(
         else:
             original = func.__code__
         rewritten = _rewritten_code(original, probes)
-        func.__code__ = rewritten  # atomic: a call runs either the old or the new code, whole
+        try:
+            func.__code__ = rewritten  # atomic: a call runs either the old or the new code, whole
+        except ValueError as e:  # e.g. a closure that does not match the code's free variables
+            raise RewriteError(f"cannot install rewritten code on {func!r}: {e}") from e
         _instrumented[func] = _Instrumented(original, rewritten)
 
 
