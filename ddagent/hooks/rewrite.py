@@ -186,11 +186,15 @@ def _rewritten_code(original: types.CodeType, probes: tuple) -> types.CodeType:
 
 
 def _forget(code_id: int) -> Callable[[weakref.ref], None]:
+    # Bound now, not looked up as globals: the callback may run during interpreter shutdown,
+    # when this module's globals can already be gone.
+    lock, cache = _lock, _cache
+
     def drop(ref: weakref.ref) -> None:
-        with _lock:
-            entry = _cache.get(code_id)
+        with lock:
+            entry = cache.get(code_id)
             if entry is not None and entry.original_ref is ref:
-                del _cache[code_id]
+                del cache[code_id]
 
     return drop
 
