@@ -210,14 +210,16 @@ def test_tracer_disabled_means_pass_through(toy, written, monkeypatch):
     assert written == []
 
 
-def test_patch_errors():
+def test_patch_errors(monkeypatch):
+    # A known name whose hook module is not written yet.
+    monkeypatch.setitem(registry.KNOWN_INTEGRATIONS, "futurelib", (None, "futurelib"))
     with pytest.raises(PatchError, match="unknown integration 'nosuch'.*redis.*sqlite3"):
         registry.patch(nosuch=True)
-    with pytest.raises(PatchError, match="pylibmc integration is not implemented yet"):
-        registry.patch(raise_errors=True, pylibmc=True)
+    with pytest.raises(PatchError, match="futurelib integration is not implemented yet"):
+        registry.patch(raise_errors=True, futurelib=True)
     with pytest.raises(PatchError, match="unknown integration"):
         probes.enable("nosuch")
-    registry.patch(raise_errors=False, nosuch=True, pylibmc=True)  # logged, not raised
+    registry.patch(raise_errors=False, nosuch=True, futurelib=True)  # logged, not raised
 
 
 def test_patch_raises_when_the_library_is_missing(toy, monkeypatch):
@@ -275,7 +277,8 @@ def test_malformed_env_values_warn_once_and_are_ignored(toy, patch_all_cleanup, 
     assert "sqlite3" not in enabled_names()  # the well-formed entry applies
 
 
-def test_status_lists_every_seed_library():
+def test_status_lists_every_seed_library(monkeypatch):
+    monkeypatch.setitem(registry.KNOWN_INTEGRATIONS, "futurelib", (None, "futurelib"))
     sqlite3 = importlib.import_module("sqlite3")
     rows = {r["name"]: r for r in probes.status()}
     seed = {"django", "pylons", "falcon", "flask", "cassandra", "elasticsearch", "flask_cache",
@@ -286,5 +289,5 @@ def test_status_lists_every_seed_library():
         assert set(row) == {"name", "module", "installed", "version", "implemented", "enabled",
                             "instrumented", "errors"}
     assert rows["redis"]["implemented"] and rows["redis"]["installed"]
-    assert not rows["django"]["implemented"]
+    assert not rows["futurelib"]["implemented"] and not rows["futurelib"]["installed"]
     assert rows["sqlite3"]["version"] == sqlite3.sqlite_version
