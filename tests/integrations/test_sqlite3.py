@@ -36,7 +36,7 @@ def test_queries_are_children_of_the_user_span(sqlite_probes, agent_tracer, test
         "create table t (a integer)",
         "insert into t values (?)",
         "select a from t order by a",
-        "update t set a = a + 1; delete from t where a = 4;",
+        "update t set a = a + ?; delete from t where a = ?;",
     ]
     for span in spans:
         assert span["service"] == "sqlite"
