@@ -72,7 +72,8 @@ class TraceBuffer:
 
     def __init__(self, trace_id: int, registry: OpenTraces) -> None:
         self.trace_id = trace_id
-        self.root: Optional[Span] = None  # the local root: first span started while none open
+        # The local root: the first span started while none was open (see span_started).
+        self.root: Optional[Span] = None
         self.priority: Optional[int] = None  # None until sampling has decided
         self.tags: dict[str, str] = {}  # propagated trace tags (_dd.p.*)
         self.origin: Optional[str] = None
@@ -112,6 +113,14 @@ class TraceBuffer:
             self._open += 1
             if self._open == 1:
                 victim = self._registry.add(self)
+        if victim is not None:
+            victim.close("open_trace_evicted")
+
+    def root_started(self, span: Span) -> None:
+        """``span_started`` for the first span of a buffer nobody else can see yet: no lock."""
+        self.root = span
+        self._open = 1
+        victim = self._registry.add(self)
         if victim is not None:
             victim.close("open_trace_evicted")
 
@@ -170,17 +179,21 @@ class OpenTraces:
 
     def add(self, trace: TraceBuffer) -> Optional[TraceBuffer]:
         """Register ``trace``; returns the oldest trace if it must now be evicted."""
+        # Once per trace on the hot path: a dict store and len() are each atomic, so the lock
+        # is taken only to evict (saves two lock round trips per trace).
+        traces = self._traces
+        traces[trace] = None
+        if len(traces) <= self.max_traces:
+            return None
         with self._lock:
-            self._traces[trace] = None
-            if len(self._traces) <= self.max_traces:
+            if len(traces) <= self.max_traces:
                 return None
-            oldest = next(iter(self._traces))
-            del self._traces[oldest]
+            oldest = next(iter(traces))
+            traces.pop(oldest, None)  # it may have finished meanwhile; closing it is harmless
             return oldest
 
     def discard(self, trace: TraceBuffer) -> None:
-        with self._lock:
-            self._traces.pop(trace, None)
+        self._traces.pop(trace, None)  # atomic
 
     def __len__(self) -> int:
         return len(self._traces)

@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional
 
 from ddagent.ext import errors
-from ddagent.ids import LOW_64, new_span_id, new_trace_id
+from ddagent.ids import LOW_64, getrandbits, new_trace_id
 
 if TYPE_CHECKING:
     from ddagent.context import Context, TraceBuffer
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("ddagent.span")
 
 TRACEBACK_MAX_FRAMES = 30  # as ddtrace's DD_TRACE_SPAN_TRACEBACK_MAX_SIZE
-_MIN_INT64, _MAX_UINT64 = -(1 << 63), 1 << 64
 
 _time_ns = time.time_ns
 _monotonic_ns = time.monotonic_ns
@@ -61,7 +60,7 @@ class Span:
         self.resource = name if resource is None else resource
         self.span_type = span_type
         self.trace_id = trace_id or new_trace_id()
-        self.span_id = span_id or new_span_id()
+        self.span_id = span_id or getrandbits(64) or 1  # ids.new_span_id, inlined
         self.parent_id = parent_id
         self.error = 0
         self.meta: dict[str, str] = {}
@@ -76,7 +75,8 @@ class Span:
             self._start_monotonic_ns = _monotonic_ns()
         else:
             self.start_ns = int(start * 1e9)
-            self._start_monotonic_ns = _monotonic_ns() - (_time_ns() - self.start_ns)
+            # A start in the future counts as now, so durations stay non-negative.
+            self._start_monotonic_ns = _monotonic_ns() - max(0, _time_ns() - self.start_ns)
 
     # -- time, in the seed's float seconds ---------------------------------------------------
 
@@ -107,7 +107,8 @@ class Span:
         self._finished = True
         if self.duration_ns is None:
             if finish_time is None:
-                self.duration_ns = max(0, _monotonic_ns() - self._start_monotonic_ns)
+                # The monotonic clock never goes back: no clamp needed.
+                self.duration_ns = _monotonic_ns() - self._start_monotonic_ns
             else:
                 self.duration_ns = max(0, int(finish_time * 1e9) - self.start_ns)
         if self._tracer is not None:
@@ -134,18 +135,15 @@ class Span:
         return self.meta.get(key)
 
     def set_metric(self, key: str, value: Any) -> None:
-        """Set a numeric metric. Non-numbers, NaN and infinities are dropped with a debug log."""
-        kind = type(value)
-        if kind is not int and kind is not float:
+        """Set a numeric metric, stored as a float (the wire type, so the encoder's fast path
+        applies). Non-numbers, NaN and infinities are dropped with a debug log."""
+        if type(value) is not float:
             try:
                 value = float(value)
             except (TypeError, ValueError, OverflowError):
                 log.debug("ddagent: dropping metric %r: %r is not a number", key, value)
                 return
-        if kind is int:
-            if not _MIN_INT64 <= value < _MAX_UINT64:
-                value = float(value)  # msgpack cannot carry it as an integer
-        elif not math.isfinite(value):
+        if not math.isfinite(value):
             log.debug("ddagent: dropping metric %r: %r is not finite", key, value)
             return
         self.metrics[key] = value

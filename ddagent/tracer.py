@@ -75,6 +75,8 @@ class Tracer:
         self._shut_down = False
         self._log = RateLimitedLog(log)
         self._span_tags = self._global_tags()
+        # Called with every chunk before the writer gets it; they must not raise.
+        self.chunk_observers: list[Callable[[list[Span]], None]] = []
         _LIVE_TRACERS.add(self)
 
     # -- the writer, built on first use so that importing ddagent starts no thread ------------
@@ -205,7 +207,10 @@ class Tracer:
             trace = TraceBuffer(new_trace_id(), self._open_traces)
             span = Span(self, name, service or self.config.service, resource, span_type,
                         trace.trace_id)
-        elif type(parent) is Span or isinstance(parent, Span):
+            span._trace = trace
+            trace.root_started(span)
+            return span
+        if type(parent) is Span or isinstance(parent, Span):
             trace = parent._trace
             if trace is None:  # a span built by hand, outside any tracer
                 trace = TraceBuffer(parent.trace_id, self._open_traces)
@@ -268,6 +273,8 @@ class Tracer:
         if self.debug_logging:
             log.debug("ddagent: writing %d spans (enabled:%s)\n%s", n, self.enabled,
                       "\n\n".join(span.pprint() for span in chunk))
+        for observe in self.chunk_observers:  # usually none; ddagent/summary.py adds one
+            observe(chunk)
         self.writer.write(chunk)
 
     def _decide_sampling(self, trace: TraceBuffer) -> None:
@@ -294,20 +301,22 @@ class Tracer:
             meta["_dd.origin"] = trace.origin
         meta["language"] = "python"
         meta["runtime-id"] = _runtime_id
-        metrics["process_id"] = _pid
-        metrics["_sampling_priority_v1"] = trace.priority
+        # Floats, the wire type of metrics: the encoder then takes its fast path.
+        metrics["process_id"] = float(_pid)
+        metrics["_sampling_priority_v1"] = float(trace.priority)
         span_tags = self._span_tags
         service, version = self.config.service, self.config.version
         for span in chunk:
             parent = span._parent
             if parent is None or parent.service != span.service:
-                span.metrics["_dd.top_level"] = 1
-            span_meta = span.meta
-            for key, value in span_tags:
-                if key not in span_meta:
-                    span_meta[key] = value
-            if version and span.service == service and "version" not in span_meta:
-                span_meta["version"] = version
+                span.metrics["_dd.top_level"] = 1.0
+            if span_tags or version:  # usually neither: the loop then costs only the above
+                span_meta = span.meta
+                for key, value in span_tags:
+                    if key not in span_meta:
+                        span_meta[key] = value
+                if version and span.service == service and "version" not in span_meta:
+                    span_meta["version"] = version
 
     def _internal_error(self, doing: str) -> None:
         STATS.incr("tracer.errors")
