@@ -16,19 +16,17 @@ from __future__ import annotations
 
 import argparse
 import builtins
-import json
 import os
 import runpy
 import sys
-import urllib.request
 import zipfile
 from importlib.machinery import SourceFileLoader
 from types import ModuleType, TracebackType
-from typing import Callable, Optional, TextIO
+from typing import Callable, Optional
 
 from ddagent.version import __version__
 
-_OPTIONS_WITH_VALUE = ("--service", "--env")
+_OPTIONS_WITH_VALUE = ("--service", "--env", "--spans-file")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,8 +42,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--info",
         action="store_true",
-        help="print the configuration, the agent's reachability and the integrations, and exit",
+        help="the same as `python -m ddagent doctor`: print the configuration, the agent's "
+        "reachability and the integrations, and exit",
     )
+    parser.add_argument(
+        "--summary", action=argparse.BooleanOptionalAction, default=None,
+        help="print what was traced at exit (DD_TRACE_SUMMARY; by default only in a terminal "
+        "when no agent took the traces)",
+    )
+    parser.add_argument("--spans-file", metavar="PATH",
+                        help="append every span to PATH as a JSON line (DD_TRACE_SPANS_FILE)")
     parser.add_argument("--version", action="version", version=f"ddagent {__version__}")
     return parser
 
@@ -146,53 +152,6 @@ def _run_program(run: Callable[[], None]) -> int:
     return 0
 
 
-def _agent_answer(url: str) -> str:
-    if not url.startswith(("http://", "https://")):
-        return "not checked (only http(s) URLs are probed)"
-    try:
-        with urllib.request.urlopen(url.rstrip("/") + "/info", timeout=1) as response:
-            info = json.loads(response.read() or b"{}")
-    except Exception as exc:
-        return f"does not answer ({exc})"
-    version = info.get("version") if isinstance(info, dict) else None
-    return f"answers (agent version {version})" if version else "answers"
-
-
-def _print_info(out: TextIO) -> None:
-    print(f"ddagent {__version__} on Python {sys.version.split()[0]} ({sys.executable})", file=out)
-    print("\nConfiguration:", file=out)
-    try:
-        from ddagent.config import Config
-
-        config = Config.from_env()
-    except Exception as exc:
-        print(f"  unavailable: the configuration could not be read ({exc!r})", file=out)
-        return
-    for field, source in config.sources.items():
-        print(f"  {field} = {getattr(config, field)!r}  ({source})", file=out)
-    print(f"\nAgent: {config.agent_url} {_agent_answer(config.agent_url)}", file=out)
-    print("\nIntegrations:", file=out)
-    try:
-        from ddagent.hooks.registry import status
-
-        integrations = status()
-    except Exception as exc:
-        print(f"  unavailable: the integration registry could not be loaded ({exc!r})", file=out)
-        return
-    print(f"  {'name':<16}{'library':<28}{'enabled':<9}{'instrumented':<14}errors", file=out)
-    for item in integrations:
-        if item.get("installed"):
-            library = f"{item.get('module')} {item.get('version') or ''}".strip()
-        else:
-            library = "not installed"
-        print(
-            f"  {item.get('name', '?'):<16}{library:<28}"
-            f"{'yes' if item.get('enabled') else 'no':<9}"
-            f"{'yes' if item.get('instrumented') else 'no':<14}{item.get('errors', 0)}",
-            file=out,
-        )
-
-
 def _install_tracing() -> None:
     try:
         import ddagent.auto  # noqa: F401
@@ -210,9 +169,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         os.environ["DD_SERVICE"] = options.service
     if options.env is not None:
         os.environ["DD_ENV"] = options.env
-    if options.info:
+    if options.info or script == "doctor":
         _install_tracing()  # so that "enabled" shows what a launched program would get
-        _print_info(sys.stdout)
+        from ddagent import doctor
+
+        print(doctor.report(in_process=False))
         return 0
     if script is None and module is None:
         parser.error("a script or -m module to run is required")
@@ -224,6 +185,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
 
     _install_tracing()
+    from ddagent import summary
+
+    summary.install(options.summary, options.spans_file)
     if script is not None:
         return _run_program(lambda: _run_script(script, program_args))
     return _run_program(lambda: _run_module(module, program_args))  # type: ignore[arg-type]
