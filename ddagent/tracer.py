@@ -14,6 +14,7 @@ import functools
 import inspect
 import logging
 import os
+import sys
 import threading
 import time
 import urllib.parse
@@ -504,8 +505,19 @@ def _shutdown_at_exit() -> None:
         t.shutdown(max(0.0, deadline - time.monotonic()))
 
 
+def _flush_when_multiprocessing_child_exits() -> None:
+    # A multiprocessing child ends with os._exit(), which skips atexit, but it runs its
+    # multiprocessing finalizers. It clears them after the fork, so register through an
+    # after-forker, which multiprocessing runs once it has cleared them.
+    mp_util = sys.modules.get("multiprocessing.util")
+    if mp_util is not None:
+        mp_util.register_after_fork(_shutdown_at_exit, lambda shutdown: mp_util.Finalize(
+            None, shutdown, exitpriority=100))
+
+
 atexit.register(_shutdown_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_new_process_identity)
+    os.register_at_fork(after_in_child=_flush_when_multiprocessing_child_exits)
 
 tracer = Tracer()
