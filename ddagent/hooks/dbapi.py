@@ -32,12 +32,11 @@ driver span is made: one statement, one ``<vendor>.query`` span.
 from __future__ import annotations
 
 import contextvars
-from types import ModuleType
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, NamedTuple, Optional
 
 import wrapt
 
-from ddagent.hooks.wrappers import WrapperProbe, call_probed
+from ddagent.hooks.wrappers import AroundProbe, WrapperProbe, call_probed
 from ddagent.sql import normalize_query
 
 if TYPE_CHECKING:
@@ -83,22 +82,26 @@ class Database:
         ``Connection.connect``); ``asynchronous`` for a coroutine that gives the connection.
         """
         if asynchronous:
-            return CallProbe(module, attr, self._connect_async)
+            return AroundProbe(module, attr, self._connect_async)
         if "." in attr:
-            return CallProbe(module, attr, self._connect)
+            return AroundProbe(module, attr, self._connect)
         return WrapperProbe(module, attr, on_result=self._trace_connection)
 
-    def real_objects_probe(self, module: str, attr: str) -> CallProbe:
-        """A probe that passes ``module.attr`` the driver's own objects instead of proxies."""
-        return CallProbe(module, attr, _call_with_real_objects)
+    def real_objects_probe(self, module: str, attr: str) -> AroundProbe:
+        """A probe that passes ``module.attr`` the driver's own objects instead of proxies.
 
-    def _connect(self, integration: Integration, connect: Callable, args: tuple,
+        It stays in force while the integration is disabled: connections opened before are
+        still proxies.
+        """
+        return AroundProbe(module, attr, _call_with_real_objects, always=True)
+
+    def _connect(self, integration: Integration, connect: Callable, owner: Any, args: tuple,
                  kwargs: dict) -> Any:
         connection = connect(*args, **kwargs)
         return _guarded(integration, self._trace_connection, connection, args, kwargs)
 
-    def _connect_async(self, integration: Integration, connect: Callable, args: tuple,
-                       kwargs: dict) -> Awaitable:
+    def _connect_async(self, integration: Integration, connect: Callable, owner: Any,
+                       args: tuple, kwargs: dict) -> Awaitable:
         async def connect_traced() -> Any:
             connection = await connect(*args, **kwargs)
             return _guarded(integration, self._trace_connection, connection, args, kwargs,
@@ -134,48 +137,8 @@ def _guarded(integration: Integration, trace: Callable, connection: Any, *args: 
         return connection
 
 
-class CallProbe:
-    """Replace the callable at ``module.path`` by a wrapper that calls ``around``.
-
-    ``path`` is ``"function"`` or ``"Class.method"`` (the raw class attribute is wrapped, so a
-    classmethod stays bound to the subclass it is called on).
-    ``around(integration, wrapped, args, kwargs)`` makes the call and returns its result; it
-    must not raise errors of its own. Undoing puts the original back unless someone else
-    replaced it since.
-    """
-
-    def __init__(self, module: str, path: str,
-                 around: Callable[[Integration, Callable, tuple, dict], Any]) -> None:
-        self.module = module
-        self.path = path
-        self.around = around
-
-    def __repr__(self) -> str:
-        return f"<CallProbe {self.module}.{self.path}>"
-
-    def install(self, module: ModuleType, integration: Integration) -> Callable[[], None]:
-        *class_path, attr = self.path.split(".")
-        owner: Any = module
-        for part in class_path:
-            owner = getattr(owner, part)
-        original = vars(owner)[attr]
-        around = self.around
-
-        def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
-            return around(integration, wrapped, args, kwargs)
-
-        replacement = wrapt.FunctionWrapper(original, wrapper)
-        setattr(owner, attr, replacement)
-
-        def undo() -> None:
-            if vars(owner).get(attr) is replacement:
-                setattr(owner, attr, original)
-
-        return undo
-
-
-def _call_with_real_objects(integration: Integration, function: Callable, args: tuple,
-                            kwargs: dict) -> Any:
+def _call_with_real_objects(integration: Integration, function: Callable, owner: Any,
+                            args: tuple, kwargs: dict) -> Any:
     return function(*(_real(a) for a in args), **{k: _real(v) for k, v in kwargs.items()})
 
 

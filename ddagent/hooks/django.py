@@ -41,7 +41,7 @@ from typing import Any, Callable
 from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks import dbapi, wsgi
 from ddagent.hooks.registry import FunctionProbe, Integration
-from ddagent.hooks.wrappers import WrapperProbe, call_probed
+from ddagent.hooks.wrappers import AroundProbe, WrapperProbe, call_probed
 from ddagent.pin import Pin
 
 log = logging.getLogger(__name__)
@@ -419,16 +419,15 @@ integration = Integration(
     span_kind="",  # the request root is "server" (wsgi.py), DB and cache spans "client"
     probes=[
         wsgi.WSGIAppProbe("django.core.handlers.wsgi", "WSGIHandler.__call__"),
-        wsgi.AroundProbe("django.core.handlers.base", "BaseHandler.get_response",
-                         _around_get_response),
-        wsgi.AroundProbe("django.core.handlers.base", "BaseHandler.resolve_request",
-                         _around_resolve_request),
+        AroundProbe("django.core.handlers.base", "BaseHandler.get_response",
+                    _around_get_response),
+        AroundProbe("django.core.handlers.base", "BaseHandler.resolve_request",
+                    _around_resolve_request),
         FunctionProbe("django.core.handlers.exception", "handle_uncaught_exception",
                       on_call=_record_uncaught_exception),
         WrapperProbe("django.core.handlers.base", "convert_exception_to_response",
                      on_result=_trace_middleware),
-        wsgi.AroundProbe("django.core.handlers.base", "BaseHandler._get_response",
-                         _around_view),
+        AroundProbe("django.core.handlers.base", "BaseHandler._get_response", _around_view),
         FunctionProbe("django.template.base", "Template.render", on_call=_template_span),
         FunctionProbe("django.db.backends.utils", "CursorWrapper._execute",
                       on_call=_query_span, on_return=_record_row_count),

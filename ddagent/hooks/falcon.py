@@ -18,8 +18,8 @@ import sys
 from typing import Any, Callable, Optional
 
 from ddagent.hooks.registry import FunctionProbe, Integration
+from ddagent.hooks.wrappers import AroundProbe
 from ddagent.hooks.wsgi import (
-    AroundProbe,
     WSGIAppProbe,
     finish_request,
     request_span,

@@ -8,6 +8,8 @@ library module and says how a call becomes a span:
   (``hooks/rewrite.py``), on the class that *defines* it, so references taken earlier are traced.
 - :class:`ddagent.hooks.wrappers.WrapperProbe` for C callables, which have no code object: the
   module attribute is replaced by a ``wrapt`` wrapper.
+- :class:`ddagent.hooks.wrappers.AroundProbe` for calls whose arguments or return value must be
+  replaced, which code rewriting cannot do.
 
 Everything else happens here, once for every integration:
 
@@ -280,7 +282,7 @@ class FunctionProbe:
         return f"<FunctionProbe {self.module}:{self.path}>"
 
     def install(self, module: ModuleType, integration: Integration) -> Undo | None:
-        owner, attr, raw = _resolve_definition(module, self.path)
+        owner, attr, raw = wrappers.resolve_definition(module, self.path)
         func = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
         enter, exit = self._hooks(integration)
         if rewrite.SUPPORTED:
@@ -310,20 +312,6 @@ class FunctionProbe:
 
             self._hook_cache = (integration, enter, exit)
         return self._hook_cache[1], self._hook_cache[2]
-
-
-def _resolve_definition(module: ModuleType, path: str) -> tuple[Any, str, Any]:
-    """(owner, attribute, raw object) for ``path``: the module or the class that defines it."""
-    *class_path, attr = path.split(".")
-    owner: Any = module
-    for part in class_path:
-        owner = getattr(owner, part)
-    if isinstance(owner, type):
-        for klass in owner.__mro__:
-            if attr in vars(klass):
-                return klass, attr, vars(klass)[attr]
-        raise AttributeError(f"{owner.__qualname__} has no attribute {attr!r}")
-    return owner, attr, getattr(owner, attr)
 
 
 # -- the registry --------------------------------------------------------------------------

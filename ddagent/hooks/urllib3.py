@@ -3,7 +3,7 @@
 Same span and propagation as ``hooks/requests.py`` (service ``urllib3``). The call's headers
 are copied before the trace headers are added, because urllib3 otherwise sends the pool's own
 shared header dict, and the caller's dict is not ours to change; code rewriting cannot replace
-an argument, so this probe is a ``wrapt`` wrapper (:class:`~ddagent.hooks.wsgi.AroundProbe`).
+an argument, so this probe is a ``wrapt`` wrapper (:class:`~ddagent.hooks.wrappers.AroundProbe`).
 A call made inside another HTTP client span (requests, or urllib3's own retries and redirects)
 adds no span, and nothing is traced while ddagent's writer sends.
 """
@@ -15,8 +15,7 @@ from typing import Any, Callable
 
 from ddagent.hooks.http import client_span, may_trace_client_call, record_status
 from ddagent.hooks.registry import Integration
-from ddagent.hooks.wrappers import call_probed
-from ddagent.hooks.wsgi import AroundProbe
+from ddagent.hooks.wrappers import AroundProbe, call_probed
 
 
 def _traced_urlopen(integration: Integration, wrapped: Callable, pool: Any, args: tuple,

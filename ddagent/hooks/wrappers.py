@@ -1,12 +1,16 @@
-"""``wrapt``-based probes, for callables whose code cannot be rewritten.
+"""``wrapt``-based probes, for callables whose code cannot be rewritten or must swap a value.
 
-Two uses:
+Three uses:
 
 - :class:`WrapperProbe`: C callables such as ``sqlite3.connect``. They have no code object, and
   their types are immutable, so the module attribute is replaced by a ``wrapt.FunctionWrapper``
   that hands the call's result to ``on_result`` (which typically returns a proxy object, see
   ``hooks/dbapi.py``). A reference taken before instrumentation (``from sqlite3 import
   connect``) keeps the original: the agent has to start before the application imports these.
+- :class:`AroundProbe`: a method whose call must be changed, not only observed: an argument
+  replaced (``start_response`` and the body of a WSGI call, an HTTP client's headers copied
+  before trace headers are added) or the return value swapped. Code rewriting can only watch
+  a call, so the attribute is replaced by a wrapper that runs ``around`` instead.
 - :func:`wrap_attribute`: the fallback for a :class:`~ddagent.hooks.registry.FunctionProbe`
   when the interpreter cannot be rewritten or the rewriter refuses a function. The attribute is
   replaced by a wrapper that calls the same enter/exit hooks; an info line is logged once.
@@ -25,6 +29,9 @@ import wrapt
 
 if TYPE_CHECKING:
     from ddagent.hooks.registry import Integration, OnCall, OnReturn
+
+# around(integration, wrapped, instance, args, kwargs): makes the call, returns what the caller gets
+Around = Callable[["Integration", Callable, Any, tuple, dict], Any]
 
 log = logging.getLogger(__name__)
 _fallback_noted = False
@@ -89,6 +96,65 @@ class WrapperProbe:
                 return result
 
         return _replace(module, self.attr, _ProbeWrapper(original, wrapper), original)
+
+
+class AroundProbe:
+    """Replace ``path`` (``"function"`` or ``"Class.method"``) of ``module`` by a wrapper.
+
+    While the integration is enabled each call runs
+    ``around(integration, wrapped, instance, args, kwargs)``, which must call ``wrapped`` once
+    and return what the caller gets; it guards its own tracing code. A disabled integration's
+    calls pass straight through, unless ``always``: then ``around`` runs anyway (for
+    compatibility shims that must keep accepting objects traced before a disable). A method is
+    replaced on the class that defines it (a classmethod stays bound to the class it is called
+    on); undo puts the original back. An attribute that already holds a ddagent wrapper (an
+    alias of one probed under another name) is left as it is.
+    """
+
+    def __init__(self, module: str, path: str, around: Around, *, always: bool = False) -> None:
+        self.module = module
+        self.path = path
+        self.around = around
+        self.always = always
+
+    def __repr__(self) -> str:
+        return f"<AroundProbe {self.module}:{self.path}>"
+
+    def install(self, module: ModuleType, integration: Integration) -> Callable[[], None] | None:
+        owner, attr, raw = resolve_definition(module, self.path)
+        if isinstance(raw, _ProbeWrapper):
+            return None
+        around = self.around
+
+        if self.always:
+            def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+                return around(integration, wrapped, instance, args, kwargs)
+        else:
+            def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
+                if not integration.enabled:
+                    return wrapped(*args, **kwargs)
+                return around(integration, wrapped, instance, args, kwargs)
+
+        return _replace(owner, attr, _ProbeWrapper(raw, wrapper), raw)
+
+
+def resolve_definition(module: ModuleType, path: str) -> tuple[Any, str, Any]:
+    """(owner, attribute, raw object) for ``path`` in ``module``.
+
+    ``path`` is ``"function"`` or ``"Class.method"``; for a method the owner is the class that
+    defines it (the MRO is walked) and the raw object is its ``vars()`` entry, so a classmethod
+    or staticmethod comes back as that descriptor, unbound. Raises AttributeError if missing.
+    """
+    *class_path, attr = path.split(".")
+    owner: Any = module
+    for part in class_path:
+        owner = getattr(owner, part)
+    if isinstance(owner, type):
+        for klass in owner.__mro__:
+            if attr in vars(klass):
+                return klass, attr, vars(klass)[attr]
+        raise AttributeError(f"{owner.__qualname__} has no attribute {attr!r}")
+    return owner, attr, getattr(owner, attr)
 
 
 def wrap_attribute(owner: Any, attr: str, raw: Any, enter: Callable[[tuple], Any],

@@ -34,9 +34,9 @@ How a framework module plugs in (``hooks/flask.py`` and ``hooks/falcon.py`` are 
 4. Sub-spans (view, template, error handler) come from :func:`start_child_span`, called in a
    ``FunctionProbe``'s ``on_call``; they carry ``component`` and nothing of the root's tags.
 
-:class:`AroundProbe` is the probe for hooks that must replace arguments or the return value,
-which code rewriting cannot do: the WSGI entry (``start_response`` and the body are wrapped),
-an HTTP client call whose headers are copied before propagation headers are added.
+:class:`WSGIAppProbe` is a :class:`~ddagent.hooks.wrappers.AroundProbe`: code rewriting can only
+watch a call, and the WSGI entry must hand the application a wrapped ``start_response`` and the
+server a wrapped body.
 """
 
 from __future__ import annotations
@@ -44,13 +44,12 @@ from __future__ import annotations
 import os
 import wsgiref.util
 from collections.abc import Iterable, Iterator
-from types import ModuleType
 from typing import Any, Callable, Optional
 
 from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks.http import SERVER_ERROR_STATUSES, status_code, url_tag
-from ddagent.hooks.registry import Integration, Undo, _resolve_definition
-from ddagent.hooks.wrappers import _ProbeWrapper, _replace
+from ddagent.hooks.registry import Integration
+from ddagent.hooks.wrappers import AroundProbe
 from ddagent.pin import Pin
 from ddagent.propagation import HTTPPropagator
 from ddagent.span import Span
@@ -58,7 +57,6 @@ from ddagent.span import Span
 REQUEST_SPAN = "ddagent.request_span"  # the environ key holding the request's span
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
-Around = Callable[[Integration, Callable, Any, tuple, dict], Any]
 
 
 # -- the request span ------------------------------------------------------------------------
@@ -292,37 +290,6 @@ class WSGITraceMiddleware:
 
 
 # -- probes ------------------------------------------------------------------------------------
-
-
-class AroundProbe:
-    """Replace the method ``path`` (``"Class.method"``) of ``module`` by a ``wrapt`` wrapper.
-
-    While the integration is enabled each call runs
-    ``around(integration, wrapped, instance, args, kwargs)``, which must call ``wrapped``
-    once and return what the caller gets; it guards its own tracing code. The method is
-    replaced on the class that defines it; undo puts the original back.
-    """
-
-    def __init__(self, module: str, path: str, around: Around) -> None:
-        self.module = module
-        self.path = path
-        self.around = around
-
-    def __repr__(self) -> str:
-        return f"<AroundProbe {self.module}:{self.path}>"
-
-    def install(self, module: ModuleType, integration: Integration) -> Optional[Undo]:
-        owner, attr, raw = _resolve_definition(module, self.path)
-        if isinstance(raw, _ProbeWrapper):
-            return None
-        around = self.around
-
-        def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
-            if not integration.enabled:
-                return wrapped(*args, **kwargs)
-            return around(integration, wrapped, instance, args, kwargs)
-
-        return _replace(owner, attr, _ProbeWrapper(raw, wrapper), raw)
 
 
 def _around_wsgi_app(integration: Integration, wrapped: Callable, instance: Any, args: tuple,
