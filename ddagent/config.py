@@ -20,6 +20,8 @@ Variables (the accepted form is in each warning):
   many are waiting, before the local root finishes (default 300).
 - ``DD_TRACE_SQL_NORMALIZE``: ``true`` (default) replaces the literals in SQL resources by ``?``
   before they leave the process (``ddagent/sql.py``); ``false`` sends query text as executed.
+- ``DD_TRACE_SHUTDOWN_TIMEOUT``: the most seconds the process may spend at exit sending the
+  traces still buffered (default 3.0); exit is never delayed longer, even with the agent down.
 
 A malformed value logs one warning naming the variable and the accepted form, then the default
 is used. ``Config.sources`` records where each value came from, for diagnostics.
@@ -58,6 +60,7 @@ class Config:
     debug: bool
     partial_flush_min_spans: int
     sql_normalize: bool
+    shutdown_timeout: float
     sources: dict[str, str]
     """For each attribute above: ``"env DD_X"``, ``"default"`` or how it was derived."""
 
@@ -86,6 +89,9 @@ class Config:
             "a positive integer")
         self.sql_normalize = env.read(
             "sql_normalize", "DD_TRACE_SQL_NORMALIZE", _bool, True, "true or false")
+        self.shutdown_timeout = env.read(
+            "shutdown_timeout", "DD_TRACE_SHUTDOWN_TIMEOUT", _positive_float, 3.0,
+            "a positive number of seconds, e.g. 3.0")
         return self
 
     def __repr__(self) -> str:

@@ -34,7 +34,7 @@ log = logging.getLogger("ddagent.tracer")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_FLUSH_TIMEOUT = 3.0  # seconds the process may spend at exit sending what is buffered
+EXIT_FLUSH_TIMEOUT = 3.0  # seconds to send what is buffered at exit (DD_TRACE_SHUTDOWN_TIMEOUT)
 
 _runtime_id = uuid.uuid4().hex
 _pid = os.getpid()
@@ -500,8 +500,11 @@ _LIVE_TRACERS: weakref.WeakSet[Tracer] = weakref.WeakSet()
 
 
 def _shutdown_at_exit() -> None:
-    deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT
-    for t in list(_LIVE_TRACERS):
+    tracers = list(_LIVE_TRACERS)
+    timeout = max((getattr(t.config, "shutdown_timeout", EXIT_FLUSH_TIMEOUT) for t in tracers),
+                  default=EXIT_FLUSH_TIMEOUT)
+    deadline = time.monotonic() + timeout
+    for t in tracers:
         t.shutdown(max(0.0, deadline - time.monotonic()))
 
 
