@@ -32,10 +32,11 @@ driver span is made: one statement, one ``<vendor>.query`` span.
 from __future__ import annotations
 
 import contextvars
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, NamedTuple, Optional
 
 import wrapt
 
+from ddagent.hooks.registry import tracer_of
 from ddagent.hooks.wrappers import AroundProbe, WrapperProbe, call_probed
 from ddagent.sql import normalize_query
 
@@ -370,6 +371,23 @@ def _record_fetched_rows(span: Any, rows: Any, cursor: TracedCursor, method: str
         span.set_metric("db.row_count", len(rows))
 
 
+def tag_connection(cursor: Any, tags: Mapping[str, Any]) -> bool:
+    """Add ``tags`` to every span of a traced cursor's connection; False if it is not traced.
+
+    For a layer above the driver (Django's database wrapper) that would otherwise trace the
+    same query again. Tags the connection already has are kept. A cursor whose driver
+    integration has been disabled since its connection opened counts as not traced.
+    """
+    if not isinstance(cursor, TracedCursor):
+        return False
+    context = cursor._self_context
+    if not context.integration.enabled:
+        return False
+    for key, value in tags.items():
+        context.tags.setdefault(key, value)
+    return True
+
+
 def query_text(query: Any, context: Any = None) -> str:
     """The SQL of ``query``: text, bytes, or a composed statement (``psycopg.sql.Composed``).
 
@@ -394,7 +412,7 @@ def query_text(query: Any, context: Any = None) -> str:
 
 def query_resource(text: str, span: Any) -> str:
     """The resource for SQL ``text``: normalised unless the span's tracer config says not."""
-    config = getattr(getattr(span, "_tracer", None), "config", None)
+    config = getattr(tracer_of(span), "config", None)
     if config is not None and not getattr(config, "sql_normalize", True):
         return text
     return normalize_query(text)

@@ -222,7 +222,7 @@ class _TracedMiddleware:
 def _middleware_span(integration: Integration, traced: _TracedMiddleware, request: Any) -> Any:
     if not _settings["sub_spans"]:
         return None
-    return wsgi.start_child_span(integration, "django.middleware", resource=traced._resource)
+    return integration.start_child_span("django.middleware", resource=traced._resource)
 
 
 # -- the view, templates ------------------------------------------------------------------------
@@ -236,7 +236,7 @@ def _around_view(integration: Integration, wrapped: Callable, handler: Any, args
     span = None
     if _settings["sub_spans"]:
         try:
-            span = wsgi.start_child_span(integration, "django.view", resource="django.view")
+            span = integration.start_child_span("django.view", resource="django.view")
         except Exception as error:
             integration.probe_failed(error)
     if span is None:
@@ -263,7 +263,7 @@ def _template_span(integration: Integration, template: Any, context: Any) -> Any
         return None
     name = getattr(template, "name", None)
     engine = getattr(template, "engine", None)
-    span = wsgi.start_child_span(integration, "django.template.render", span_type="template",
+    span = integration.start_child_span("django.template.render", span_type="template",
                                  resource=name or f"{_qualified_name(type(template))}.render")
     if span is not None:
         if name:
@@ -320,13 +320,15 @@ def _query_span(integration: Integration, wrapper: Any, sql: Any, params: Any,
     vendor = getattr(connection, "vendor", "") or "db"
     alias = getattr(connection, "alias", "default")
     django_tags = {"django.db.vendor": vendor, "django.db.alias": alias}
-    if _tag_driver_span(wrapper.cursor, django_tags):
+    # A cursor the driver's integration traces: its spans get Django's tags, no second span.
+    if dbapi.tag_connection(wrapper.cursor, django_tags):
         return None
     settings = getattr(connection, "settings_dict", None) or {}
     host = settings.get("HOST") or None
     port = settings.get("PORT")
     span = integration.start_span(
         wrapper, f"{VENDOR_SPAN_PREFIX.get(vendor, vendor)}.query", span_type="sql",
+        service=_database_service(alias),
         tags={**django_tags, "span.kind": "client",
               "db.system": VENDOR_DB_SYSTEM.get(vendor, vendor),
               "out.host": host, "server.address": host,
@@ -335,25 +337,8 @@ def _query_span(integration: Integration, wrapper: Any, sql: Any, params: Any,
         metrics={"network.destination.port": int(port) if str(port or "").isdigit() else None},
     )
     if span is not None:
-        span.service = _database_service(alias)
         span.resource = dbapi.query_resource(dbapi.query_text(sql, wrapper.cursor), span)
     return span
-
-
-def _tag_driver_span(cursor: Any, django_tags: dict) -> bool:
-    """True when the driver's own integration traces ``cursor``; its spans get Django's tags.
-
-    The driver integrations share one set of tags per connection (dbapi's ``_QueryContext``);
-    Django's alias and vendor belong to the whole connection, so they are added there.
-    """
-    if not isinstance(cursor, dbapi.TracedCursor):
-        return False
-    context = cursor._self_context
-    if not context.integration.enabled:
-        return False  # a connection opened while the driver was traced: Django traces it now
-    if "django.db.alias" not in context.tags:
-        context.tags.update(django_tags)
-    return True
 
 
 def _database_service(alias: str) -> str:

@@ -28,13 +28,7 @@ import sys
 from typing import Any, Callable, Optional
 
 from ddagent.hooks.registry import FunctionProbe, Integration
-from ddagent.hooks.wsgi import (
-    WSGIAppProbe,
-    WSGITraceMiddleware,
-    request_span,
-    set_route,
-    start_child_span,
-)
+from ddagent.hooks.wsgi import WSGIAppProbe, WSGITraceMiddleware, request_span, set_route
 
 _flask_version: Optional[str] = None
 
@@ -70,7 +64,7 @@ def _record_unhandled(_sender: Any, exception: BaseException, **_extra: Any) -> 
 
 def _sub_span(name: str) -> Callable[..., Any]:
     def on_call(integration: Integration, *_params: Any) -> Any:
-        return start_child_span(integration, name)
+        return integration.start_child_span(name)
 
     return on_call
 
@@ -87,17 +81,17 @@ def _view_span(integration: Integration, app: Any) -> Any:
     if view is None:  # routing failed: Flask raises the routing exception, handled as a 404
         return None
     name = f"{getattr(view, '__module__', None)}.{getattr(view, '__name__', rule.endpoint)}"
-    return start_child_span(integration, name, resource=rule.rule)
+    return integration.start_child_span(name, resource=rule.rule)
 
 
 def _unhandled_exception_span(integration: Integration, app: Any, exc: BaseException) -> Any:
     _record_unhandled(app, exc)
-    return start_child_span(integration, "flask.handle_exception")
+    return integration.start_child_span("flask.handle_exception")
 
 
 def _template_span(integration: Integration, app: Any, template: Any, context: Any) -> Any:
     name = getattr(template, "name", None) or "<string>"
-    span = start_child_span(integration, "flask.render_template", resource=name,
+    span = integration.start_child_span("flask.render_template", resource=name,
                             span_type="template")
     if span is not None:
         span.set_tag("flask.template_name", name)

@@ -31,7 +31,7 @@ def _name_after_route(integration: Integration, router: Any, request: Any) -> No
 
 
 def _render_span(integration: Integration, helper: Any, *params: Any) -> Any:
-    return wsgi.start_child_span(integration, "pyramid.render", span_type="template",
+    return integration.start_child_span("pyramid.render", span_type="template",
                                  resource=getattr(helper, "name", None) or "pyramid.render")
 
 

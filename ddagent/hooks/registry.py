@@ -145,6 +145,7 @@ class Integration:
         pin_from: object,
         name: str,
         *,
+        service: str | None = None,
         resource: str | None = None,
         span_type: str | None = None,
         tags: Mapping[str, Any] | None = None,
@@ -153,15 +154,17 @@ class Integration:
         """Start and activate this integration's span for a call on ``pin_from``.
 
         Returns None when the call must not be traced (the Pin or the tracer is disabled).
-        Tags and metrics whose value is None are skipped.
+        ``service`` overrides the Pin's and the configured service (Django names its database
+        spans after the connection alias). Tags and metrics whose value is None are skipped.
         """
         pin = _pin_class().get_from(pin_from)
-        tracer = (pin.tracer if pin is not None else None) or _global_tracer()
+        tracer = (pin.tracer if pin is not None else None) or global_tracer()
         if pin is not None and not pin.enabled():
             return None
         if not tracer.enabled:
             return None
-        service = (pin.service if pin is not None else None) or self._configured_service()
+        if service is None:
+            service = (pin.service if pin is not None else None) or self._configured_service()
         span = tracer.trace(name, service=service, resource=resource, span_type=span_type)
         span.set_tag("component", self.component)
         if self.span_kind:
@@ -176,6 +179,21 @@ class Integration:
         if pin is not None and pin.tags:
             for key, value in pin.tags.items():
                 span.set_tag(key, value)
+        return span
+
+    def start_child_span(self, name: str, *, resource: str | None = None,
+                         span_type: str | None = None) -> Any:
+        """Start and activate a sub-span of the active span (a framework's view, template,
+        handler), with its parent's tracer and service; None outside an unfinished span.
+
+        It carries only the ``component`` tag: the parent already has the request's tags.
+        """
+        parent = global_tracer().current_span()
+        tracer = tracer_of(parent) if parent is not None and not parent.finished else None
+        if tracer is None:
+            return None
+        span = tracer.trace(name, resource=resource, span_type=span_type)
+        span.set_tag("component", self.component)
         return span
 
     def _configured_service(self) -> str:
@@ -321,24 +339,48 @@ _LOCK = threading.RLock()
 _LOADED: dict[str, Integration] = {}
 
 
-def _load(name: str) -> Integration:
-    """The Integration for ``name``, importing its hook module on first use."""
-    if name in _LOADED:
-        return _LOADED[name]
+# Enabled integrations whose library is not imported yet: their hook module (and what it
+# imports: wrapt, bytecode, the HTTP layer...) is loaded only when the library is imported, so
+# `python -m ddagent` of a program using none of them pays nothing for them at start-up.
+_PENDING: set[str] = set()
+
+
+def _hook_module(name: str) -> str:
+    """The hook module of ``name``; PatchError if the name is unknown or not implemented."""
     if name not in KNOWN_INTEGRATIONS:
         raise PatchError(
             f"unknown integration {name!r}; valid names: {', '.join(sorted(KNOWN_INTEGRATIONS))}"
         )
-    hook_module, _ = KNOWN_INTEGRATIONS[name]
+    hook_module = KNOWN_INTEGRATIONS[name][0]
     if hook_module is None:
         raise PatchError(f"the {name} integration is not implemented yet in ddagent")
-    integration = importlib.import_module(hook_module).integration
+    return hook_module
+
+
+def _load(name: str) -> Integration:
+    """The Integration for ``name``, importing its hook module on first use."""
+    if name in _LOADED:
+        return _LOADED[name]
+    integration = importlib.import_module(_hook_module(name)).integration
     with _LOCK:
         return _LOADED.setdefault(name, integration)
 
 
+def _libraries(name: str) -> list[str]:
+    return KNOWN_INTEGRATIONS[name][1].split(",")
+
+
 def enable(name: str) -> None:
     """Switch ``name`` on: instrument its library now if imported, else when it is imported."""
+    if name not in _LOADED:
+        _hook_module(name)  # unknown or unimplemented names raise now, as before
+        if not any(library in sys.modules for library in _libraries(name)):
+            with _LOCK:
+                if name not in _PENDING and name not in _LOADED:
+                    _PENDING.add(name)
+                    for library in _libraries(name):
+                        finder.when_imported(library, _enabler(name, library))
+                    return
     integration = _load(name)
     with _LOCK:
         if integration.enabled:
@@ -356,6 +398,25 @@ def enable(name: str) -> None:
                 integration._install(probe, module)
 
 
+def _enabler(name: str, library: str) -> Callable[[ModuleType], None]:
+    def enable_on_import(module: ModuleType) -> None:
+        with _LOCK:
+            if name not in _PENDING:  # disabled meanwhile, or already enabled
+                return
+            _PENDING.discard(name)
+        enable(name)
+        # ``library`` itself is still marked as initializing while its import callbacks run, so
+        # enable() left its probes on that very module for later: install them now.
+        integration = _LOADED[name]
+        with _LOCK:
+            if integration.enabled:
+                for probe in integration.probes:
+                    if probe.module == library:
+                        integration._install(probe, module)
+
+    return enable_on_import
+
+
 def _installer(integration: Integration, probe: Probe) -> Callable[[ModuleType], None]:
     def install_on_import(module: ModuleType) -> None:
         with _LOCK:
@@ -371,6 +432,10 @@ def _initializing(module: ModuleType) -> bool:
 
 def disable(name: str) -> None:
     """Switch ``name`` off: put back every original code object and attribute it replaced."""
+    with _LOCK:
+        if name in _PENDING:  # its library was never imported: nothing to put back
+            _PENDING.discard(name)
+            return
     integration = _load(name)
     with _LOCK:
         integration.enabled = False
@@ -401,7 +466,7 @@ def patch(raise_errors: bool = True, **modules: bool) -> None:
 
 
 def _check_installed(name: str) -> None:
-    _load(name)
+    _hook_module(name)
     if not _library_installed(name):
         raise PatchError(f"cannot patch {name}: the library is not installed")
 
@@ -455,7 +520,7 @@ def _parse_bool_env(var: str) -> bool | None:
 def unpatch(*names: str) -> None:
     """Remove the instrumentation of ``names`` (all enabled integrations when none given)."""
     with _LOCK:
-        targets = names or tuple(n for n, i in _LOADED.items() if i.enabled)
+        targets = names or (*_PENDING, *(n for n, i in _LOADED.items() if i.enabled))
     for name in targets:
         disable(name)
 
@@ -463,7 +528,7 @@ def unpatch(*names: str) -> None:
 def get_patched_modules() -> list[str]:
     """The seed's helper: sorted names of the enabled integrations."""
     with _LOCK:
-        return sorted(n for n, i in _LOADED.items() if i.enabled)
+        return sorted({*_PENDING, *(n for n, i in _LOADED.items() if i.enabled)})
 
 
 def _library_installed(name: str) -> bool:
@@ -507,7 +572,7 @@ def status() -> list[dict[str, Any]]:
             "installed": installed,
             "version": _library_version(name) if installed else None,
             "implemented": hook_module is not None,
-            "enabled": bool(integration and integration.enabled),
+            "enabled": bool(integration and integration.enabled) or name in _PENDING,
             "instrumented": bool(integration and integration.instrumented),
             "errors": STATS.get(f"probes.errors.{name}"),
         })
@@ -516,9 +581,18 @@ def status() -> list[dict[str, Any]]:
 
 # -- the core, looked up at call time (ddagent's __init__ imports this module) --------------
 
-def _global_tracer() -> Any:
+def global_tracer() -> Any:
+    """``ddagent.tracer``, the global tracer, as it is now (tests may replace its writer)."""
     module = sys.modules.get("ddagent.tracer") or importlib.import_module("ddagent.tracer")
     return module.tracer
+
+
+def tracer_of(span: Any) -> Any:
+    """The tracer that started ``span`` (None for a span built by hand).
+
+    The core has no public accessor for it yet; this is the one place the hooks read it.
+    """
+    return getattr(span, "_tracer", None)
 
 
 def _pin_class() -> Any:

@@ -31,8 +31,9 @@ How a framework module plugs in (``hooks/flask.py`` and ``hooks/falcon.py`` are 
 3. Once the framework has routed the request, call ``set_route(request_span(environ), route)``
    and add the framework's own tags to that span. A framework that turns an exception into a
    500 response itself records it with ``span.set_exc_info(...)`` on the same span.
-4. Sub-spans (view, template, error handler) come from :func:`start_child_span`, called in a
-   ``FunctionProbe``'s ``on_call``; they carry ``component`` and nothing of the root's tags.
+4. Sub-spans (view, template, error handler) come from ``integration.start_child_span``,
+   called in a ``FunctionProbe``'s ``on_call``; they carry ``component`` and nothing of the
+   root's tags.
 
 :class:`WSGIAppProbe` is a :class:`~ddagent.hooks.wrappers.AroundProbe`: code rewriting can only
 watch a call, and the WSGI entry must hand the application a wrapped ``start_response`` and the
@@ -48,7 +49,7 @@ from typing import Any, Callable, Optional
 
 from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks.http import SERVER_ERROR_STATUSES, status_code, url_tag
-from ddagent.hooks.registry import Integration
+from ddagent.hooks.registry import Integration, global_tracer
 from ddagent.hooks.wrappers import AroundProbe
 from ddagent.pin import Pin
 from ddagent.propagation import HTTPPropagator
@@ -87,7 +88,7 @@ def start_request(
         pin = Pin.get_from(pin_from) if pin_from is not None else None
         if pin is not None and not pin.enabled():
             return None
-        tracer = tracer or (pin.tracer if pin is not None else None) or _global_tracer()
+        tracer = tracer or (pin.tracer if pin is not None else None) or global_tracer()
         if not tracer.enabled:
             return None
         service = service or (pin.service if pin is not None else None)
@@ -148,20 +149,6 @@ def finish_request(span: Span, integration: Integration, exc: Optional[BaseExcep
     span.finish()
 
 
-def start_child_span(integration: Integration, name: str, *, resource: Optional[str] = None,
-                     span_type: Optional[str] = None) -> Optional[Span]:
-    """A framework sub-span (view, template, handler) under the active span; None outside one.
-
-    It inherits the service and tracer of its parent and carries only ``component``.
-    """
-    parent = ACTIVE_SPAN.get()
-    if parent is None or parent.finished or parent._tracer is None:
-        return None
-    span = parent._tracer.trace(name, resource=resource, span_type=span_type)
-    span.set_tag("component", integration.component)
-    return span
-
-
 def _set_status(span: Span, status: Any) -> None:
     code = status_code(status)
     if code is not None:
@@ -181,12 +168,6 @@ def _default_service(integration: Integration, tracer: Any) -> str:
     if config is not None and config.sources.get("service") == "env DD_SERVICE":
         return config.service
     return integration.service
-
-
-def _global_tracer() -> Any:
-    from ddagent.tracer import tracer
-
-    return tracer
 
 
 # -- running a WSGI application inside the request span -------------------------------------
