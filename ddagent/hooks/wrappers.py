@@ -162,7 +162,9 @@ def wrap_attribute(owner: Any, attr: str, raw: Any, enter: Callable[[tuple], Any
     """Replace ``owner.attr`` (whose raw value is ``raw``) by a wrapper calling enter/exit.
 
     The hooks receive the same parameter tuple as with code rewriting (positional parameters,
-    keyword-only ones, then the ``*args`` tuple and the ``**kwargs`` dict).
+    keyword-only ones, then the ``*args`` tuple and the ``**kwargs`` dict), at the same moments:
+    the call of a coroutine, generator or async generator function is probed from its first
+    resumption until it returns, raises or is closed, not just while it builds the object.
     """
     func = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
     # The function's own parameters, not those of a functools.wraps target (__wrapped__).
@@ -174,6 +176,7 @@ def wrap_attribute(owner: Any, attr: str, raw: Any, enter: Callable[[tuple], Any
              + bool(code.co_flags & inspect.CO_VARKEYWORDS))
     names = code.co_varnames[:count]
     prepend_instance = not isinstance(raw, staticmethod)
+    probed_body = _BODY_PROBES.get(code.co_flags & _BODY_KINDS)
 
     def wrapper(wrapped: Callable, instance: Any, args: tuple, kwargs: dict) -> Any:
         full_args = (instance, *args) if prepend_instance and instance is not None else args
@@ -184,6 +187,8 @@ def wrap_attribute(owner: Any, attr: str, raw: Any, enter: Callable[[tuple], Any
         except TypeError:
             # The call does not match the signature: let the function raise its own error.
             return wrapped(*args, **kwargs)
+        if probed_body is not None:
+            return probed_body(wrapped(*args, **kwargs), params, enter, exit)
         token = enter(params)
         try:
             result = wrapped(*args, **kwargs)
@@ -194,6 +199,60 @@ def wrap_attribute(owner: Any, attr: str, raw: Any, enter: Callable[[tuple], Any
         return result
 
     return _replace(owner, attr, _ProbeWrapper(raw, wrapper), raw)
+
+
+async def _probed_coroutine(coroutine: Any, params: tuple, enter: Callable,
+                            exit: Callable) -> Any:
+    token = enter(params)
+    try:
+        result = await coroutine
+    except BaseException as exc:
+        exit(token, None, exc)
+        raise
+    exit(token, result, None)
+    return result
+
+
+def _probed_generator(generator: Any, params: tuple, enter: Callable, exit: Callable) -> Any:
+    token = enter(params)
+    try:
+        result = yield from generator  # send(), throw() and close() reach the generator
+    except BaseException as exc:
+        exit(token, None, exc)
+        raise
+    exit(token, result, None)
+    return result
+
+
+async def _probed_async_generator(agen: Any, params: tuple, enter: Callable,
+                                  exit: Callable) -> Any:
+    token = enter(params)
+    try:
+        item = await agen.__anext__()
+        while True:  # ``yield from`` by hand: asend(), athrow() and aclose() reach ``agen``
+            try:
+                sent = yield item
+            except GeneratorExit:
+                await agen.aclose()
+                raise
+            except BaseException as exc:
+                item = await agen.athrow(exc)
+            else:
+                item = await agen.asend(sent)
+    except StopAsyncIteration:
+        exit(token, None, None)
+    except BaseException as exc:
+        exit(token, None, exc)
+        raise
+
+
+_BODY_KINDS = inspect.CO_COROUTINE | inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+# What a call of such a function returns, wrapped so that its whole run is probed.
+_BODY_PROBES: dict[int, Callable[[Any, tuple, Callable, Callable], Any]] = {
+    inspect.CO_COROUTINE: _probed_coroutine,
+    inspect.CO_GENERATOR: _probed_generator,
+    inspect.CO_ASYNC_GENERATOR: _probed_async_generator,
+}
 
 
 class _ProbeWrapper(wrapt.FunctionWrapper):
