@@ -19,6 +19,11 @@ class Pin:
     """Tracing settings attached to an object: ``Pin.override(client, service="cache")``."""
 
     __slots__ = ("service", "app", "app_type", "tags", "tracer")
+    service: Optional[str]
+    app: Optional[str]
+    app_type: Optional[str]
+    tags: Optional[dict[str, Any]]
+    tracer: Any
 
     def __init__(
         self,
@@ -46,7 +51,7 @@ class Pin:
     @staticmethod
     def get_from(obj: Any) -> Optional[Pin]:
         """The Pin of ``obj`` (its own, or its class's), or None."""
-        pin = getattr(obj, _PIN_ATTR, None)
+        pin: Optional[Pin] = getattr(obj, _PIN_ATTR, None)
         if pin is not None:
             return pin
         get = getattr(obj, "__getddpin__", None)

@@ -35,7 +35,6 @@ log = logging.getLogger("ddagent.summary")
 MAX_RESOURCES = 1000  # distinct keys counted; later keys share one "other resources" row
 TOP = 8  # rows shown for each ordering (by count, by total time)
 MAX_ERROR_EXAMPLES = 3
-EXIT_FLUSH_TIMEOUT = 3.0  # the tracer's own exit budget; the summary flushes first to know
 
 _OTHER = ("", "(other resources)", "")
 
@@ -169,9 +168,10 @@ class LocalView:
                 self.spans_file.close()
             if self.summary is None:
                 return
-            # atexit runs this before the tracer's own exit flush; flush first so that the
-            # counters say whether the agent took the traces.
-            self.tracer.flush(EXIT_FLUSH_TIMEOUT)
+            # atexit runs this before the tracer's own exit flush; flush first (within the
+            # same budget, DD_TRACE_SHUTDOWN_TIMEOUT) so that the counters say whether the
+            # agent took the traces.
+            self.tracer.flush(getattr(self.tracer.config, "shutdown_timeout", 3.0))
             agent_reached = STATS.get("payloads.sent") > 0
             if self.always_print or not agent_reached:
                 print(self.render(agent_reached), file=self.stream, flush=True)

@@ -204,6 +204,7 @@ class Tracer:
         resource: Optional[str],
         span_type: Optional[str],
     ) -> Span:
+        trace: Optional[TraceBuffer]
         if parent is None:
             trace = TraceBuffer(new_trace_id(), self._open_traces)
             span = Span(self, name, service or self.config.service, resource, span_type,
@@ -304,7 +305,7 @@ class Tracer:
         meta["runtime-id"] = _runtime_id
         # Floats, the wire type of metrics: the encoder then takes its fast path.
         metrics["process_id"] = float(_pid)
-        metrics["_sampling_priority_v1"] = float(trace.priority)
+        metrics["_sampling_priority_v1"] = float(trace.priority)  # type: ignore[arg-type]  # decided
         span_tags = self._span_tags
         service, version = self.config.service, self.config.version
         for span in chunk:
@@ -418,7 +419,8 @@ class _Suspendable:
         self.span.finish()
 
 
-def _traced_generator(tracer: Tracer, func: Callable[..., Any], *span_args: Any) -> Callable:
+def _traced_generator(tracer: Tracer, func: Callable[..., Any],
+                      *span_args: Any) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         traced = _Suspendable(tracer, *span_args)
         error: Optional[BaseException] = None
@@ -452,7 +454,8 @@ def _traced_generator(tracer: Tracer, func: Callable[..., Any], *span_args: Any)
     return wrapper
 
 
-def _traced_async_generator(tracer: Tracer, func: Callable[..., Any], *span_args: Any) -> Callable:
+def _traced_async_generator(tracer: Tracer, func: Callable[..., Any],
+                            *span_args: Any) -> Callable[..., Any]:
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         traced = _Suspendable(tracer, *span_args)
         error: Optional[BaseException] = None
