@@ -1,16 +1,13 @@
 """Scenario 4: start-up — wall time of an empty program under each contender's launcher.
 
-``python -m ddagent`` has no ``-c``; it runs a script holding ``pass`` (the difference from
-``python -c pass`` is one small file read).
+Every launcher runs ``-c pass``, as ``python -c pass`` does.
 """
 
 from __future__ import annotations
 
 import statistics
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 from typing import Optional
 
 from bench.runner import Context, Results, Row, Target
@@ -18,15 +15,13 @@ from bench.runner import Context, Results, Row, Target
 TITLE = "4. start-up (an empty program)"
 CASES = ["empty program"]
 ROWS = [Row("empty program", "wall_ms", "wall time to run `pass`", "ms")]
-PASS_SCRIPT = Path(tempfile.gettempdir()) / "ddagent_bench_pass.py"
 
 
 def command(ctx: Context, contender: str) -> list[str]:
     """Each contender's documented way to run a program traced."""
-    PASS_SCRIPT.write_text("pass\n")
     return {
         "baseline": [ctx.python, "-c", "pass"],
-        "ddagent": [ctx.python, "-m", "ddagent", str(PASS_SCRIPT)],
+        "ddagent": [ctx.python, "-m", "ddagent", "-c", "pass"],
         "ddtrace": [str(ctx.bin_dir / "ddtrace-run"), ctx.python, "-c", "pass"],
         "otel": [str(ctx.bin_dir / "opentelemetry-instrument"), ctx.python, "-c", "pass"],
     }[contender]

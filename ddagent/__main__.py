@@ -19,8 +19,7 @@ import builtins
 import os
 import runpy
 import sys
-import zipfile
-from importlib.machinery import SourceFileLoader
+from importlib.machinery import BuiltinImporter, SourceFileLoader
 from types import ModuleType, TracebackType
 from typing import Callable, Optional
 
@@ -32,7 +31,8 @@ _OPTIONS_WITH_VALUE = ("--service", "--env", "--spans-file")
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ddagent",
-        usage="%(prog)s [options] (script.py | -m module) [args ...]",
+        usage="%(prog)s [options] (script.py | -m module) [args ...]\n"
+              "       %(prog)s [options] -c command [args ...]",
         description="Run a Python program with Datadog tracing installed before it starts.",
         epilog="Everything after the script or module name is passed to the program.",
         allow_abbrev=False,
@@ -58,29 +58,36 @@ def _parser() -> argparse.ArgumentParser:
 
 def _split_command_line(
     parser: argparse.ArgumentParser, argv: list[str]
-) -> tuple[list[str], Optional[str], Optional[str], list[str]]:
-    """Split into (launcher options, script, module, program arguments).
+) -> tuple[list[str], Optional[str], Optional[str], list[str], Optional[str]]:
+    """Split into (launcher options, script, module, program arguments, command).
 
-    Options end at the first non-option word (the script) or at ``-m module``, as for the
-    interpreter itself; everything after belongs to the program, even words that look like ours.
+    Options end at the first non-option word (the script), at ``-m module`` or at
+    ``-c command``, as for the interpreter itself; everything after belongs to the program,
+    even words that look like ours.
     """
     i = 0
     while i < len(argv):
         arg = argv[i]
+        if arg == "-c":
+            if i + 1 == len(argv):
+                parser.error("argument -c: expected a command")
+            return argv[:i], None, None, argv[i + 2 :], argv[i + 1]
+        if arg.startswith("-c"):  # -c'code', as the interpreter accepts it
+            return argv[:i], None, None, argv[i + 1 :], arg[2:]
         if arg == "-m":
             if i + 1 == len(argv):
                 parser.error("argument -m: expected a module name")
-            return argv[:i], None, argv[i + 1], argv[i + 2 :]
+            return argv[:i], None, argv[i + 1], argv[i + 2 :], None
         if arg.startswith("-m") and not arg.startswith("--"):  # -mpackage.module
-            return argv[:i], None, arg[2:], argv[i + 1 :]
+            return argv[:i], None, arg[2:], argv[i + 1 :], None
         if arg == "--":
             if i + 1 == len(argv):
                 parser.error("expected a script after --")
-            return argv[:i], argv[i + 1], None, argv[i + 2 :]
+            return argv[:i], argv[i + 1], None, argv[i + 2 :], None
         if not arg.startswith("-"):
-            return argv[:i], arg, None, argv[i + 1 :]
+            return argv[:i], arg, None, argv[i + 1 :], None
         i += 2 if arg in _OPTIONS_WITH_VALUE else 1
-    return argv, None, None, []
+    return argv, None, None, [], None
 
 
 def _new_main_module() -> ModuleType:
@@ -103,6 +110,8 @@ def _absolute(path: str) -> str:
 
 
 def _run_script(path: str, args: list[str]) -> None:
+    import zipfile  # here, not at the top: ~6 ms of every start-up otherwise
+
     sys.argv = [path, *args]
     if os.path.isdir(path) or zipfile.is_zipfile(path):
         # A directory or zip archive runs its __main__.py, found through sys.path[0].
@@ -129,6 +138,16 @@ def _run_module(name: str, args: list[str]) -> None:
     # __main__), executes it in sys.modules["__main__"], sets sys.argv[0] to its path, and
     # reports "No module named ..." as python does.
     runpy._run_module_as_main(name, alter_argv=True)  # type: ignore[attr-defined]
+
+
+def _run_command(code: str, args: list[str]) -> None:
+    # As `python -c`: argv[0] is "-c", sys.path[0] is "" (the cwd, looked up at each import),
+    # and the code runs as the file "<string>" in a __main__ without __file__.
+    sys.argv = ["-c", *args]
+    _set_sys_path0("")
+    main = _new_main_module()
+    main.__loader__ = BuiltinImporter  # type: ignore[attr-defined]
+    exec(compile(code, "<string>", "exec", dont_inherit=True), main.__dict__)
 
 
 def _program_traceback(tb: Optional[TracebackType]) -> Optional[TracebackType]:
@@ -161,7 +180,7 @@ def _install_tracing() -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     parser = _parser()
-    option_args, script, module, program_args = _split_command_line(
+    option_args, script, module, program_args, command = _split_command_line(
         parser, sys.argv[1:] if argv is None else argv
     )
     options = parser.parse_args(option_args)
@@ -175,7 +194,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         print(doctor.report(in_process=False))
         return 0
-    if script is None and module is None:
+    if script is None and module is None and command is None:
         parser.error("a script or -m module to run is required")
 
     if script is not None and not os.path.exists(script):
@@ -190,6 +209,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     summary.install(options.summary, options.spans_file)
     if script is not None:
         return _run_program(lambda: _run_script(script, program_args))
+    if command is not None:
+        return _run_program(lambda: _run_command(command, program_args))
     return _run_program(lambda: _run_module(module, program_args))  # type: ignore[arg-type]
 
 
