@@ -33,7 +33,6 @@ The public entry points are :func:`patch`, :func:`patch_all`, :func:`unpatch` (r
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import importlib.util
 import logging
 import os
@@ -43,7 +42,7 @@ from types import ModuleType
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from ddagent._logging import RateLimitedLog
-from ddagent.hooks import finder, rewrite, wrappers
+from ddagent.hooks import finder
 from ddagent.stats import STATS
 
 log = logging.getLogger(__name__)
@@ -300,6 +299,10 @@ class FunctionProbe:
         return f"<FunctionProbe {self.module}:{self.path}>"
 
     def install(self, module: ModuleType, integration: Integration) -> Undo | None:
+        # Imported at the first install, not with the registry: a program that imports no
+        # instrumented library never loads bytecode or wrapt (start-up cost, see bench/ s4).
+        from ddagent.hooks import rewrite, wrappers
+
         owner, attr, raw = wrappers.resolve_definition(module, self.path)
         func = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
         enter, exit = self._hooks(integration)
@@ -339,24 +342,48 @@ _LOCK = threading.RLock()
 _LOADED: dict[str, Integration] = {}
 
 
-def _load(name: str) -> Integration:
-    """The Integration for ``name``, importing its hook module on first use."""
-    if name in _LOADED:
-        return _LOADED[name]
+# Enabled integrations whose library is not imported yet: their hook module (and what it
+# imports: wrapt, bytecode, the HTTP layer...) is loaded only when the library is imported, so
+# `python -m ddagent` of a program using none of them pays nothing for them at start-up.
+_PENDING: set[str] = set()
+
+
+def _hook_module(name: str) -> str:
+    """The hook module of ``name``; PatchError if the name is unknown or not implemented."""
     if name not in KNOWN_INTEGRATIONS:
         raise PatchError(
             f"unknown integration {name!r}; valid names: {', '.join(sorted(KNOWN_INTEGRATIONS))}"
         )
-    hook_module, _ = KNOWN_INTEGRATIONS[name]
+    hook_module = KNOWN_INTEGRATIONS[name][0]
     if hook_module is None:
         raise PatchError(f"the {name} integration is not implemented yet in ddagent")
-    integration = importlib.import_module(hook_module).integration
+    return hook_module
+
+
+def _load(name: str) -> Integration:
+    """The Integration for ``name``, importing its hook module on first use."""
+    if name in _LOADED:
+        return _LOADED[name]
+    integration = importlib.import_module(_hook_module(name)).integration
     with _LOCK:
         return _LOADED.setdefault(name, integration)
 
 
+def _libraries(name: str) -> list[str]:
+    return KNOWN_INTEGRATIONS[name][1].split(",")
+
+
 def enable(name: str) -> None:
     """Switch ``name`` on: instrument its library now if imported, else when it is imported."""
+    if name not in _LOADED:
+        _hook_module(name)  # unknown or unimplemented names raise now, as before
+        if not any(library in sys.modules for library in _libraries(name)):
+            with _LOCK:
+                if name not in _PENDING and name not in _LOADED:
+                    _PENDING.add(name)
+                    for library in _libraries(name):
+                        finder.when_imported(library, _enabler(name, library))
+                    return
     integration = _load(name)
     with _LOCK:
         if integration.enabled:
@@ -374,6 +401,25 @@ def enable(name: str) -> None:
                 integration._install(probe, module)
 
 
+def _enabler(name: str, library: str) -> Callable[[ModuleType], None]:
+    def enable_on_import(module: ModuleType) -> None:
+        with _LOCK:
+            if name not in _PENDING:  # disabled meanwhile, or already enabled
+                return
+            _PENDING.discard(name)
+        enable(name)
+        # ``library`` itself is still marked as initializing while its import callbacks run, so
+        # enable() left its probes on that very module for later: install them now.
+        integration = _LOADED[name]
+        with _LOCK:
+            if integration.enabled:
+                for probe in integration.probes:
+                    if probe.module == library:
+                        integration._install(probe, module)
+
+    return enable_on_import
+
+
 def _installer(integration: Integration, probe: Probe) -> Callable[[ModuleType], None]:
     def install_on_import(module: ModuleType) -> None:
         with _LOCK:
@@ -389,6 +435,10 @@ def _initializing(module: ModuleType) -> bool:
 
 def disable(name: str) -> None:
     """Switch ``name`` off: put back every original code object and attribute it replaced."""
+    with _LOCK:
+        if name in _PENDING:  # its library was never imported: nothing to put back
+            _PENDING.discard(name)
+            return
     integration = _load(name)
     with _LOCK:
         integration.enabled = False
@@ -419,7 +469,7 @@ def patch(raise_errors: bool = True, **modules: bool) -> None:
 
 
 def _check_installed(name: str) -> None:
-    _load(name)
+    _hook_module(name)
     if not _library_installed(name):
         raise PatchError(f"cannot patch {name}: the library is not installed")
 
@@ -473,7 +523,7 @@ def _parse_bool_env(var: str) -> bool | None:
 def unpatch(*names: str) -> None:
     """Remove the instrumentation of ``names`` (all enabled integrations when none given)."""
     with _LOCK:
-        targets = names or tuple(n for n, i in _LOADED.items() if i.enabled)
+        targets = names or (*_PENDING, *(n for n, i in _LOADED.items() if i.enabled))
     for name in targets:
         disable(name)
 
@@ -481,7 +531,7 @@ def unpatch(*names: str) -> None:
 def get_patched_modules() -> list[str]:
     """The seed's helper: sorted names of the enabled integrations."""
     with _LOCK:
-        return sorted(n for n, i in _LOADED.items() if i.enabled)
+        return sorted({*_PENDING, *(n for n, i in _LOADED.items() if i.enabled)})
 
 
 def _library_installed(name: str) -> bool:
@@ -501,6 +551,8 @@ def _library_version(name: str) -> str | None:
     libraries = KNOWN_INTEGRATIONS[name][1].split(",")
     library = next((lib for lib in libraries if _module_installed(lib)), libraries[0])
     try:
+        import importlib.metadata  # only status() needs it; costs ~20 ms of start-up
+
         return importlib.metadata.version(library)
     except Exception:
         # Not a distribution of that name (the standard library's sqlite3): ask the module,
@@ -525,7 +577,7 @@ def status() -> list[dict[str, Any]]:
             "installed": installed,
             "version": _library_version(name) if installed else None,
             "implemented": hook_module is not None,
-            "enabled": bool(integration and integration.enabled),
+            "enabled": bool(integration and integration.enabled) or name in _PENDING,
             "instrumented": bool(integration and integration.instrumented),
             "errors": STATS.get(f"probes.errors.{name}"),
         })
