@@ -174,7 +174,7 @@ def imported_before_instrumentation() -> list[str]:
 
     markers = {"ddagent.auto"} | {hook for hook, _ in KNOWN_INTEGRATIONS.values() if hook}
     libraries = {lib for _, libs in KNOWN_INTEGRATIONS.values() for lib in libs.split(",")}
-    early = []
+    early: list[str] = []
     for name in list(sys.modules):
         if name in markers:
             return early

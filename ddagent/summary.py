@@ -44,6 +44,11 @@ class TraceSummary:
 
     def __init__(self, max_resources: int = MAX_RESOURCES) -> None:
         self.max_resources = max_resources
+        self.reset()
+
+    def reset(self) -> None:
+        """Start from zero, with a new lock (a forked child reports only its own spans, and the
+        parent may have held the lock while forking)."""
         self._lock = threading.Lock()
         self.traces = 0
         self.spans = 0
@@ -74,10 +79,6 @@ class TraceSummary:
                     self.errors += 1
                     if len(self.error_examples) < MAX_ERROR_EXAMPLES:
                         self.error_examples.append(_describe_error(span))
-
-    def reset(self) -> None:
-        """Forget everything (a forked child reports its own spans)."""
-        self.__init__(self.max_resources)  # type: ignore[misc]
 
     def render(self, top: int = TOP) -> str:
         """The summary as text: a headline, a table of the top resources, error examples."""

@@ -230,3 +230,23 @@ def test_spans_file_from_the_command_line(tmp_path):
     names = {json.loads(line)["name"] for line in path.read_text().splitlines()}
     assert {"__main__.save_thumbnails", "thumbnails.save"} <= names
     assert not HEADLINE.search(stderr)  # the file alone prints no summary
+
+
+def test_a_forked_child_counts_only_its_own_spans(tracer):
+    view = summary.install(True, tracer=tracer, stream=io.StringIO())
+    with tracer.trace("before.fork"):
+        pass
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report its count and leave without running the parent's atexit
+        with tracer.trace("in.child"):
+            pass
+        os.write(write_end, f"{view.summary.spans} {sorted(view.summary.resources)}".encode())
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        child = pipe.read()
+    os.waitpid(pid, 0)
+    assert child == "1 [('shop', 'in.child', 'in.child')]"
+    assert view.summary.spans == 1
+    assert ("shop", "before.fork", "before.fork") in view.summary.resources
