@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ddagent.context import ACTIVE_SPAN
 from ddagent.propagation import HTTPPropagator
-from ddagent.writer.transport import IN_WRITER
+from ddagent.suppress import SUPPRESSED
 
 if TYPE_CHECKING:
     from ddagent.hooks.registry import Integration
@@ -72,7 +72,7 @@ def url_tag(url: str) -> str:
 
 def may_trace_client_call() -> bool:
     """False inside the writer's own sending, and inside another HTTP client's span."""
-    if IN_WRITER.get():
+    if SUPPRESSED.get():
         return False
     active = ACTIVE_SPAN.get()
     return (active is None or active.finished or active.span_type != CLIENT_SPAN_TYPE

@@ -4,13 +4,12 @@ The transport sends one body and reports what the agent answered; the writer dec
 retries and drops. It downgrades ``/v0.4/traces`` to ``/v0.3/traces`` once and for good when the
 agent answers 404 or 415 (an old agent), resending that body once.
 
-While it talks to the agent, :data:`IN_WRITER` is true in the calling context, so that ddagent's
-own HTTP integrations (urllib3, http.client, socket...) can leave the writer's requests untraced.
+While it talks to the agent, :data:`ddagent.suppress.SUPPRESSED` is true in the calling context,
+so that ddagent's own HTTP integrations leave the writer's requests untraced.
 """
 
 from __future__ import annotations
 
-import contextvars
 import json
 import platform
 import socket
@@ -20,10 +19,8 @@ from typing import NamedTuple, Optional
 import urllib3
 from urllib3.connection import HTTPConnection
 
+from ddagent.suppress import SUPPRESSED
 from ddagent.version import __version__
-
-IN_WRITER: contextvars.ContextVar[bool] = contextvars.ContextVar("ddagent_in_writer", default=False)
-"""True while the writer's transport is sending; integrations skip tracing when it is set."""
 
 V04_ENDPOINT = "/v0.4/traces"
 V03_ENDPOINT = "/v0.3/traces"
@@ -116,7 +113,7 @@ class AgentTransport:
 
     def _put(self, body: bytes, headers: dict[str, str], timeout: float | None) -> Response:
         limit = self.timeout if timeout is None else max(min(timeout, self.timeout), 0.001)
-        token = IN_WRITER.set(True)
+        token = SUPPRESSED.set(True)
         try:
             # preload_content reads the whole answer and puts the connection back for keep-alive.
             response = self._pool.urlopen(
@@ -130,7 +127,7 @@ class AgentTransport:
                 redirect=False,
             )
         finally:
-            IN_WRITER.reset(token)
+            SUPPRESSED.reset(token)
         return Response(response.status, response.data or b"")
 
     def close(self) -> None:

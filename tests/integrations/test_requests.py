@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from ddagent.writer.transport import IN_WRITER
+from ddagent.suppress import SUPPRESSED
 from tests.integrations.conftest import enabled, spans_named
 
 requests = pytest.importorskip("requests")
@@ -110,11 +110,11 @@ def test_urllib3_span_copies_the_callers_headers(client_probes, server, agent_tr
 
 
 def test_nothing_is_traced_inside_the_writer(requests_probes, server, agent_tracer, test_agent):
-    token = IN_WRITER.set(True)
+    token = SUPPRESSED.set(True)
     try:
         requests.get(f"http://{server}/quiet")
     finally:
-        IN_WRITER.reset(token)
+        SUPPRESSED.reset(token)
     agent_tracer.flush(10)
     assert test_agent.traces() == []
     assert "x-datadog-trace-id" not in Handler.seen[0]
