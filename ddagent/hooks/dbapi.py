@@ -32,12 +32,13 @@ driver span is made: one statement, one ``<vendor>.query`` span.
 from __future__ import annotations
 
 import contextvars
+import sys
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, NamedTuple, Optional
 
 import wrapt
 
 from ddagent.hooks.registry import tracer_of
-from ddagent.hooks.wrappers import AroundProbe, WrapperProbe, call_probed
+from ddagent.hooks.wrappers import AroundProbe, WrapperProbe, call_probed, call_probed_async
 from ddagent.sql import normalize_query
 
 if TYPE_CHECKING:
@@ -125,6 +126,17 @@ class Database:
         metrics = {"network.destination.port": info.port}
         context = _QueryContext(integration, self, tags, metrics)
         return proxy_for(proxy_class or TracedConnection, connection, context)
+
+
+def instances_of(module: str, class_name: str) -> Callable[[Any], bool]:
+    """A ``server_side`` test: the cursor is an instance of ``module.class_name``.
+
+    False while ``module`` is not imported (then no cursor can be one)."""
+    def is_instance(cursor: Any) -> bool:
+        loaded = sys.modules.get(module)
+        return loaded is not None and isinstance(cursor, getattr(loaded, class_name))
+
+    return is_instance
 
 
 def _guarded(integration: Integration, trace: Callable, connection: Any, *args: Any) -> Any:
@@ -277,21 +289,6 @@ class TracedConnection(_TracedProxy):
 
 # -- asyncio drivers (psycopg 3's AsyncConnection) --------------------------------------------
 
-async def _call_probed_async(integration: Integration, on_call: OnCall, params: tuple,
-                             call: Callable[[], Awaitable], on_return: OnReturn) -> Any:
-    """:func:`call_probed` for a coroutine: the span lasts until it is done."""
-    token = integration.enter(on_call, params)
-    if token is None:
-        return await call()
-    try:
-        result = await call()
-    except BaseException as exc:
-        integration.exit(token, None, exc)
-        raise
-    integration.exit(token, result, None, on_return)
-    return result
-
-
 class AsyncTracedCursor(_TracedProxy):
     """An asyncio cursor whose query coroutines produce spans (fetches are not traced)."""
 
@@ -299,14 +296,14 @@ class AsyncTracedCursor(_TracedProxy):
 
     async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         return self._self_same(
-            await _call_probed_async(*self._self_probe_args("execute", query, args, kwargs)))
+            await call_probed_async(*self._self_probe_args("execute", query, args, kwargs)))
 
     async def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         return self._self_same(
-            await _call_probed_async(*self._self_probe_args("executemany", query, args, kwargs)))
+            await call_probed_async(*self._self_probe_args("executemany", query, args, kwargs)))
 
     async def callproc(self, procname: Any, *args: Any, **kwargs: Any) -> Any:
-        return await _call_probed_async(*self._self_probe_args("callproc", procname, args, kwargs))
+        return await call_probed_async(*self._self_probe_args("callproc", procname, args, kwargs))
 
     async def __aenter__(self) -> Any:
         return self._self_same(await self.__wrapped__.__aenter__())
@@ -322,11 +319,11 @@ class AsyncTracedConnection(TracedConnection):
         return self._self_cursor(self.__wrapped__.cursor(*args, **kwargs), AsyncTracedCursor)
 
     async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        cursor = await _call_probed_async(*self._self_probe_args("execute", query, args, kwargs))
+        cursor = await call_probed_async(*self._self_probe_args("execute", query, args, kwargs))
         return self._self_cursor(cursor, AsyncTracedCursor)
 
     async def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        return await _call_probed_async(
+        return await call_probed_async(
             *self._self_probe_args("executemany", query, args, kwargs))
 
     async def __aenter__(self) -> Any:
@@ -358,7 +355,11 @@ def _start_fetch_span(integration: Integration, cursor: TracedCursor, method: st
 
 def _record_row_count(span: Any, result: Any, traced: _TracedProxy, query: Any) -> None:
     # A cursor method reports on its own cursor; a connection shortcut returns the cursor.
-    cursor = result if isinstance(traced, TracedConnection) else traced.__wrapped__
+    record_row_count(span, result if isinstance(traced, TracedConnection) else traced.__wrapped__)
+
+
+def record_row_count(span: Any, cursor: Any) -> None:
+    """Metric ``db.row_count`` = the DB-API cursor's ``rowcount``, when it has one."""
     rowcount = getattr(cursor, "rowcount", None)
     if isinstance(rowcount, int):
         span.set_metric("db.row_count", rowcount)

@@ -347,9 +347,7 @@ def _database_service(alias: str) -> str:
 
 
 def _record_row_count(span: Any, result: Any, wrapper: Any, *params: Any) -> None:
-    rowcount = getattr(wrapper.cursor, "rowcount", None)
-    if isinstance(rowcount, int):
-        span.set_metric("db.row_count", rowcount)
+    dbapi.record_row_count(span, wrapper.cursor)
 
 
 # -- the seed's settings-based setup -------------------------------------------------------------

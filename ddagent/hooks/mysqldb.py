@@ -11,10 +11,9 @@ Tags: ``db.system=mysql``, ``db.name``, ``db.user``, ``out.host``; metric
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from ddagent.hooks.dbapi import ConnectionInfo, Database
+from ddagent.hooks.dbapi import ConnectionInfo, Database, instances_of
 from ddagent.hooks.registry import Integration
 
 
@@ -26,13 +25,8 @@ def _describe(connection: Any, args: tuple, kwargs: dict) -> ConnectionInfo:
                           user=getattr(connection, "user", None) or kwargs.get("user"))
 
 
-def _server_side(cursor: Any) -> bool:
-    cursors = sys.modules.get("MySQLdb.cursors")
-    return cursors is not None and isinstance(cursor, cursors.CursorUseResultMixIn)
-
-
 MYSQL = Database(span_name="mysql.query", system="mysql", describe=_describe,
-                 server_side=_server_side)
+                 server_side=instances_of("MySQLdb.cursors", "CursorUseResultMixIn"))
 
 integration = Integration(
     "mysqldb",

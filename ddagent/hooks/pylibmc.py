@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 import wrapt
 
+from ddagent.hooks._common import text as _text
 from ddagent.hooks.registry import Integration, OnCall, OnReturn, Undo
 from ddagent.hooks.wrappers import call_probed
 
@@ -114,12 +115,6 @@ def _peer(client: Any) -> tuple[str | None, int | None]:
 
     _kind, host, port, _weight = translate_server_spec(addresses[0])
     return host, port or None  # a unix socket has no port
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
-    return str(value)
 
 
 integration = Integration(

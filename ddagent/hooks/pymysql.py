@@ -10,10 +10,9 @@ Tags: ``db.system=mysql``, ``db.name``, ``db.user``, ``out.host``; metric
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Optional
 
-from ddagent.hooks.dbapi import ConnectionInfo, Database
+from ddagent.hooks.dbapi import ConnectionInfo, Database, instances_of
 from ddagent.hooks.registry import Integration
 
 
@@ -26,13 +25,8 @@ def _text(value: Any) -> Optional[str]:
     return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else value
 
 
-def _server_side(cursor: Any) -> bool:
-    cursors = sys.modules.get("pymysql.cursors")
-    return cursors is not None and isinstance(cursor, cursors.SSCursor)
-
-
 PYMYSQL = Database(span_name="pymysql.query", system="mysql", describe=_describe,
-                   server_side=_server_side)
+                   server_side=instances_of("pymysql.cursors", "SSCursor"))
 
 integration = Integration(
     "pymysql",

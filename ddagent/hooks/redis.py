@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ddagent.hooks._common import text as _text
 from ddagent.hooks.registry import FunctionProbe, Integration
 
 ARG_MAX_LENGTH = 100
@@ -98,12 +99,6 @@ def _raw_command(args: tuple) -> str:
         parts.append(text)
         length += len(text)
     return " ".join(parts)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="backslashreplace")
-    return str(value)
 
 
 def _client_probes(module: str, client: str, pipeline: str, *, immediate: bool) -> list:

@@ -36,7 +36,7 @@ from typing import Any, Callable, Optional
 
 from ddagent.ext.sql import normalize_vendor
 from ddagent.hooks import registry
-from ddagent.hooks.dbapi import OUTER_QUERY_SPAN, query_resource
+from ddagent.hooks.dbapi import OUTER_QUERY_SPAN, query_resource, record_row_count
 from ddagent.hooks.registry import Integration
 
 # The token of the statement running in this context, and how to put OUTER_QUERY_SPAN back.
@@ -94,9 +94,7 @@ def _end_statement(cursor: Any, error: Optional[BaseException]) -> None:
 
 
 def _record_row_count(span: Any, cursor: Any, connection: Any, statement: str) -> None:
-    rowcount = getattr(cursor, "rowcount", None)
-    if isinstance(rowcount, int):
-        span.set_metric("db.row_count", rowcount)
+    record_row_count(span, cursor)
 
 
 class EngineEventsProbe:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import inspect
 import logging
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import wrapt
 
@@ -53,6 +53,22 @@ def call_probed(integration: Integration, on_call: OnCall, params: tuple,
         return call()
     try:
         result = call()
+    except BaseException as exc:
+        integration.exit(token, None, exc)
+        raise
+    integration.exit(token, result, None, on_return)
+    return result
+
+
+async def call_probed_async(integration: Integration, on_call: OnCall, params: tuple,
+                            call: Callable[[], Awaitable],
+                            on_return: OnReturn | None = None) -> Any:
+    """:func:`call_probed` for a coroutine: the span lasts until it is done."""
+    token = integration.enter(on_call, params)
+    if token is None:
+        return await call()
+    try:
+        result = await call()
     except BaseException as exc:
         integration.exit(token, None, exc)
         raise

@@ -14,47 +14,48 @@ import pytest
 from ddagent import probes
 from ddagent.hooks import registry, rewrite
 
-CACHELIB = '''
+TOYLIB = '''
 def work(x):
     return x + 1
 '''
 
-CACHEHOOK = '''
+TOYHOOK = '''
 from ddagent.hooks.registry import FunctionProbe, Integration
 
 integration = Integration(
-    "cachetoy",
+    "reenabletoy",
     service="cache-service",
-    probes=[FunctionProbe("cachelib", "work",
+    probes=[FunctionProbe("reenable_toylib", "work",
                           on_call=lambda integration, x: integration.start_span(None, "w"))],
 )
 '''
 
 
 @pytest.fixture
-def cachelib(tmp_path, monkeypatch):
+def reenable_toylib(tmp_path, monkeypatch):
     if not rewrite.SUPPORTED:
         pytest.skip("this interpreter cannot be rewritten")
-    (tmp_path / "cachelib.py").write_text(textwrap.dedent(CACHELIB))
-    (tmp_path / "cachehook.py").write_text(textwrap.dedent(CACHEHOOK))
+    (tmp_path / "reenable_toylib.py").write_text(textwrap.dedent(TOYLIB))
+    (tmp_path / "reenable_toyhook.py").write_text(textwrap.dedent(TOYHOOK))
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setitem(registry.KNOWN_INTEGRATIONS, "cachetoy", ("cachehook", "cachelib"))
-    import cachelib
+    monkeypatch.setitem(registry.KNOWN_INTEGRATIONS, "reenabletoy",
+                        ("reenable_toyhook", "reenable_toylib"))
+    import reenable_toylib
 
-    yield cachelib
-    probes.disable("cachetoy")
-    del registry._LOADED["cachetoy"]
-    for name in ("cachelib", "cachehook"):
+    yield reenable_toylib
+    probes.disable("reenabletoy")
+    del registry._LOADED["reenabletoy"]
+    for name in ("reenable_toylib", "reenable_toyhook"):
         sys.modules.pop(name, None)
 
 
-def test_enable_disable_enable_reuses_the_rewritten_code(cachelib):
-    original = cachelib.work.__code__
-    probes.enable("cachetoy")
-    rewritten = cachelib.work.__code__
+def test_enable_disable_enable_reuses_the_rewritten_code(reenable_toylib):
+    original = reenable_toylib.work.__code__
+    probes.enable("reenabletoy")
+    rewritten = reenable_toylib.work.__code__
     assert rewritten is not original
-    probes.disable("cachetoy")
-    assert cachelib.work.__code__ is original
-    probes.enable("cachetoy")
-    assert cachelib.work.__code__ is rewritten
-    assert cachelib.work(1) == 2
+    probes.disable("reenabletoy")
+    assert reenable_toylib.work.__code__ is original
+    probes.enable("reenabletoy")
+    assert reenable_toylib.work.__code__ is rewritten
+    assert reenable_toylib.work(1) == 2
