@@ -58,7 +58,7 @@ OnReturn = Callable[..., None]  # on_return(span, result, *params)
 # (several, comma-separated, when one name covers alternative libraries: psycopg2 or psycopg 3).
 KNOWN_INTEGRATIONS: dict[str, tuple[Optional[str], str]] = {
     "bottle": (None, "bottle"),
-    "cassandra": (None, "cassandra"),
+    "cassandra": ("ddagent.hooks.cassandra", "cassandra"),
     "django": ("ddagent.hooks.django", "django"),
     "elasticsearch": ("ddagent.hooks.elasticsearch", "elasticsearch"),
     "falcon": ("ddagent.hooks.falcon", "falcon"),
