@@ -14,21 +14,30 @@ fresh ``__main__`` module rather than through ``runpy.run_path``, which would pu
 
 from __future__ import annotations
 
-import argparse
 import builtins
 import os
 import runpy
 import sys
 from importlib.machinery import BuiltinImporter, SourceFileLoader
-from types import ModuleType, TracebackType
-from typing import Callable, Optional
+from types import ModuleType, SimpleNamespace, TracebackType
+from typing import TYPE_CHECKING, Callable, Optional
 
 from ddagent.version import __version__
+
+if TYPE_CHECKING:
+    import argparse
+
+# What _parser() gives for an empty option list, without building it.
+_NO_OPTIONS = SimpleNamespace(service=None, env=None, info=False, summary=None, spans_file=None)
 
 _OPTIONS_WITH_VALUE = ("--service", "--env", "--spans-file")
 
 
 def _parser() -> argparse.ArgumentParser:
+    # Built only when there are launcher options or a usage error: importing argparse and
+    # building the parser cost ~7 ms of every start-up (cProfile of `-m ddagent -c pass`).
+    import argparse
+
     parser = argparse.ArgumentParser(
         prog="python -m ddagent",
         usage="%(prog)s [options] (script.py | -m module) [args ...]\n"
@@ -57,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _split_command_line(
-    parser: argparse.ArgumentParser, argv: list[str]
+    parser: Callable[[], argparse.ArgumentParser], argv: list[str]
 ) -> tuple[list[str], Optional[str], Optional[str], list[str], Optional[str]]:
     """Split into (launcher options, script, module, program arguments, command).
 
@@ -70,19 +79,19 @@ def _split_command_line(
         arg = argv[i]
         if arg == "-c":
             if i + 1 == len(argv):
-                parser.error("argument -c: expected a command")
+                parser().error("argument -c: expected a command")
             return argv[:i], None, None, argv[i + 2 :], argv[i + 1]
         if arg.startswith("-c"):  # -c'code', as the interpreter accepts it
             return argv[:i], None, None, argv[i + 1 :], arg[2:]
         if arg == "-m":
             if i + 1 == len(argv):
-                parser.error("argument -m: expected a module name")
+                parser().error("argument -m: expected a module name")
             return argv[:i], None, argv[i + 1], argv[i + 2 :], None
         if arg.startswith("-m") and not arg.startswith("--"):  # -mpackage.module
             return argv[:i], None, arg[2:], argv[i + 1 :], None
         if arg == "--":
             if i + 1 == len(argv):
-                parser.error("expected a script after --")
+                parser().error("expected a script after --")
             return argv[:i], argv[i + 1], None, argv[i + 2 :], None
         if not arg.startswith("-"):
             return argv[:i], arg, None, argv[i + 1 :], None
@@ -179,11 +188,10 @@ def _install_tracing() -> None:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = _parser()
     option_args, script, module, program_args, command = _split_command_line(
-        parser, sys.argv[1:] if argv is None else argv
+        _parser, sys.argv[1:] if argv is None else argv
     )
-    options = parser.parse_args(option_args)
+    options = _parser().parse_args(option_args) if option_args else _NO_OPTIONS
     if options.service is not None:
         os.environ["DD_SERVICE"] = options.service
     if options.env is not None:
@@ -195,7 +203,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(doctor.report(in_process=False))
         return 0
     if script is None and module is None and command is None:
-        parser.error("a script or -m module to run is required")
+        _parser().error("a script or -m module to run is required")
 
     if script is not None and not os.path.exists(script):
         # The interpreter's own wording and status for a missing script.
