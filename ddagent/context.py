@@ -135,19 +135,16 @@ class TraceBuffer:
                     return None
                 if not self._open:
                     self._registry.discard(self)
+                    # Drop the root reference (the only span <-> buffer cycle) so refcounting
+                    # frees a finished trace without the cyclic GC. Here, under the lock we
+                    # hold anyway, rather than in a second locked call per trace.
+                    self.root = None
                 chunk, self._finished = self._finished, []
                 return chunk
         # A span of a closed buffer: nobody will send it.
         STATS.incr("spans.finished")
         STATS.incr(f"spans.dropped.{reason}")
         return None
-
-    def release_root(self) -> None:
-        """Once nothing is open, drop the root reference (the only span <-> buffer cycle), so
-        refcounting frees a finished trace without waiting for the cyclic garbage collector."""
-        with self._lock:
-            if not self._open:
-                self.root = None
 
     def close(self, reason: str) -> None:
         """Stop collecting: drop (and count) the waiting spans and any that finish later."""

@@ -255,22 +255,21 @@ class Tracer:
             trace = span._trace
             if trace is None:
                 return
+            root = trace.root  # span_finished forgets it when the trace completes
             chunk = trace.span_finished(span)
             if chunk:
-                self._write_chunk(trace, chunk)
-                if trace.root is span:
-                    trace.release_root()
+                self._write_chunk(trace, chunk, root)
         except Exception:
             self._internal_error("finishing a span")
 
-    def _write_chunk(self, trace: TraceBuffer, chunk: list[Span]) -> None:
+    def _write_chunk(self, trace: TraceBuffer, chunk: list[Span], root: Optional[Span]) -> None:
         n = len(chunk)
         STATS.incr("spans.finished", n)
         if not self.enabled or self._shut_down:
             STATS.incr("spans.dropped.disabled" if not self.enabled else "spans.dropped.shutdown",
                        n)
             return
-        self._decide_sampling(trace)
+        self._decide_sampling(trace, root)
         self._tag_chunk(trace, chunk)
         if self.debug_logging:
             log.debug("ddagent: writing %d spans (enabled:%s)\n%s", n, self.enabled,
@@ -279,11 +278,15 @@ class Tracer:
             observe(chunk)
         self.writer.write(chunk)
 
-    def _decide_sampling(self, trace: TraceBuffer) -> None:
-        """Decide the trace's priority once, on its local root (an upstream decision stands)."""
+    def _decide_sampling(self, trace: TraceBuffer, root: Optional[Span] = None) -> None:
+        """Decide the trace's priority once, on its local root (an upstream decision stands).
+
+        ``root`` defaults to the trace's; the finishing path passes the one it read before the
+        completed buffer let go of it."""
         if trace.priority is not None:
             return
-        root = trace.root
+        if root is None:
+            root = trace.root
         if root is not None:
             try:
                 self.sampler.sample(root)

@@ -168,7 +168,7 @@ class Integration:
         span.set_tag("component", self.component)
         if self.span_kind:
             span.set_tag("span.kind", self.span_kind)
-        span.set_metric("_dd.measured", 1)
+        span.metrics["_dd.measured"] = 1.0  # a float, as set_metric would store it
         for key, value in (tags or {}).items():
             if value is not None:
                 span.set_tag(key, value)
