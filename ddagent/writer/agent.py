@@ -37,11 +37,13 @@ _RETRIED_STATUSES = frozenset((408, 429))  # besides every 5xx
 class _Batch:
     """Encoded traces taken out of the buffer together, with their span counts."""
 
-    __slots__ = ("traces", "span_counts")
+    __slots__ = ("traces", "span_counts", "unsettled", "abandoned")
 
     def __init__(self) -> None:
         self.traces: list[bytes] = []
         self.span_counts: list[int] = []
+        self.unsettled = 0  # spans being sent and not yet counted as sent or dropped
+        self.abandoned = False  # stop() counted the unsettled spans as dropped at shutdown
 
 
 class _Failure(Exception):
@@ -95,6 +97,7 @@ class AgentWriter:
         self._stopping = threading.Event()
         self._worker: Optional[threading.Thread] = None
         self._fork_dropped_spans = 0
+        self._in_flight: Optional[_Batch] = None  # the batch _send_buffer is sending
 
     # -- the app thread's side ------------------------------------------------------------------
 
@@ -211,7 +214,12 @@ class AgentWriter:
                 worker.join(max(deadline - time.monotonic(), 0.0))
             # Whatever is left (a send we could not wait for kept the lock) is lost at exit.
             unsent = self._take_buffer()
-            if unsent.traces:
+            with self._lock:  # and so is the batch that send holds, unless it ends first
+                in_flight = self._in_flight
+                if in_flight is not None and not in_flight.abandoned:
+                    in_flight.abandoned = True
+                    unsent.span_counts.append(in_flight.unsettled)
+            if unsent.span_counts:
                 STATS.incr("spans.dropped.shutdown", sum(unsent.span_counts))
             self._transport.close()
         except Exception:
@@ -236,6 +244,8 @@ class AgentWriter:
             return False
         try:
             batch = self._take_buffer()
+            batch.unsettled = sum(batch.span_counts)
+            self._in_flight = batch
             delivered = True
             for start, end in self._payload_bounds(batch.traces):
                 spans = sum(batch.span_counts[start:end])
@@ -244,16 +254,32 @@ class AgentWriter:
                         join_traces(batch.traces[start:end]), end - start, deadline, interrupt
                     )
                 except _Failure as failure:
+                    # Its traceback holds _send_payload's frame, whose locals hold the failure
+                    # and the body: a cycle that would keep megabytes alive until a full GC.
+                    failure.__traceback__ = None
+                    if not self._settle(batch, spans):
+                        return False
                     delivered = False
                     STATS.incr("payloads.errors")
                     STATS.incr(f"spans.dropped.{failure.reason}", spans)
                     continue
+                if not self._settle(batch, spans):
+                    return False
                 STATS.incr("payloads.sent")
                 STATS.incr("traces.sent", end - start)
                 STATS.incr("spans.sent", spans)
             return delivered
         finally:
+            self._in_flight = None
             self._send_lock.release()
+
+    def _settle(self, batch: _Batch, spans: int) -> bool:
+        """Claim the right to count ``spans`` of ``batch``; False once stop() counted them all."""
+        with self._lock:
+            if batch.abandoned:
+                return False
+            batch.unsettled -= spans
+            return True
 
     def _payload_bounds(self, traces: list[bytes]) -> list[tuple[int, int]]:
         """Split ``traces`` into consecutive runs whose payload fits ``max_payload_bytes``."""
