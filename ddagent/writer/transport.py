@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import platform
 import socket
+import traceback
 import urllib.parse
 from typing import NamedTuple, Optional
 
@@ -126,12 +127,30 @@ class AgentTransport:
                 preload_content=True,
                 redirect=False,
             )
+        except BaseException as error:
+            _clear_frames(error)
+            raise
         finally:
             SUPPRESSED.reset(token)
         return Response(response.status, response.data or b"")
 
     def close(self) -> None:
         self._pool.close()
+
+
+def _clear_frames(error: BaseException) -> None:
+    """Free the locals of the frames a failed request went through.
+
+    urllib3 keeps the exception it raises in a local of a frame it passes through, a reference
+    cycle that holds the request body (megabytes) until the cyclic garbage collector runs. With
+    the agent down every payload fails, and those bodies pile up in memory.
+    """
+    seen: set[int] = set()
+    current: Optional[BaseException] = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)
+        current = current.__cause__ or current.__context__
 
 
 def parse_rate_by_service(body: bytes) -> Optional[dict[str, float]]:
