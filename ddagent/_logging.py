@@ -22,7 +22,7 @@ class RateLimitedLog:
         self._suppressed: dict[str, int] = {}
 
     def log(self, level: int, key: str, msg: str, *args: object, exc_info: bool = False) -> bool:
-        """Log ``msg % args`` unless ``key`` was logged within the interval. Returns whether it was."""
+        """Log ``msg % args`` unless ``key`` was logged within the interval; say whether it was."""
         now = time.monotonic()
         with self._lock:
             last = self._last.get(key)
