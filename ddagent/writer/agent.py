@@ -103,59 +103,57 @@ class AgentWriter:
 
     def write(self, spans: Sequence[Any]) -> None:
         """Buffer one trace chunk for sending. Never blocks on the network, never raises."""
+        # One method (no inner _write call) and each length computed once: this runs for every
+        # trace on the application's thread.
         try:
-            self._write(spans)
+            span_count = len(spans)
+            if not span_count:
+                return
+            if self._fork_dropped_spans:
+                self._count_fork_drops()
+            if self._stopping.is_set():
+                STATS.incr("spans.dropped.shutdown", span_count)
+                return
+            try:
+                encoded = encode_trace(spans)
+            except Exception as e:
+                STATS.incr("spans.dropped.encoding", span_count)
+                self._log.log(logging.WARNING, "encoding",
+                              "dropping a trace that cannot be encoded: %s", e)
+                return
+            size = len(encoded)
+            if size + MAX_ARRAY_HEADER_SIZE > self.max_payload_bytes:
+                STATS.incr("spans.dropped.payload_too_large", span_count)
+                self._log.log(logging.WARNING, "too_large",
+                              "dropping a trace of %d bytes: the payload limit is %d bytes",
+                              size, self.max_payload_bytes)
+                return
+            with self._lock:
+                buffer = self._buffer
+                buffered = self._buffer_bytes + size
+                traces = len(buffer.traces) + 1
+                fits = buffered <= self.max_buffer_bytes and traces <= self.max_buffer_traces
+                if fits:
+                    buffer.traces.append(encoded)
+                    buffer.span_counts.append(span_count)
+                    self._buffer_bytes = buffered
+                    half_full = (buffered * 2 > self.max_buffer_bytes
+                                 or traces * 2 > self.max_buffer_traces)
+                worker = self._worker
+            if not fits:
+                STATS.incr("spans.dropped.buffer_full", span_count)
+                self._log.log(logging.WARNING, "buffer_full",
+                              "trace buffer full (%d traces, %d bytes): dropping a trace of %d "
+                              "bytes", self.max_buffer_traces, self.max_buffer_bytes, size)
+                return
+            if worker is None:
+                self._start_worker()
+            if half_full and not self._wake.is_set():
+                self._wake.set()
         except Exception:
             STATS.incr("writer.errors")
             self._log.log(logging.ERROR, "write", "ddagent writer failed to buffer a trace",
                           exc_info=True)
-
-    def _write(self, spans: Sequence[Any]) -> None:
-        span_count = len(spans)
-        if not span_count:
-            return
-        if self._fork_dropped_spans:
-            self._count_fork_drops()
-        if self._stopping.is_set():
-            STATS.incr("spans.dropped.shutdown", span_count)
-            return
-        try:
-            encoded = encode_trace(spans)
-        except Exception as e:
-            STATS.incr("spans.dropped.encoding", span_count)
-            self._log.log(logging.WARNING, "encoding",
-                          "dropping a trace that cannot be encoded: %s", e)
-            return
-        if len(encoded) + MAX_ARRAY_HEADER_SIZE > self.max_payload_bytes:
-            STATS.incr("spans.dropped.payload_too_large", span_count)
-            self._log.log(logging.WARNING, "too_large",
-                          "dropping a trace of %d bytes: the payload limit is %d bytes",
-                          len(encoded), self.max_payload_bytes)
-            return
-        with self._lock:
-            fits = (
-                self._buffer_bytes + len(encoded) <= self.max_buffer_bytes
-                and len(self._buffer.traces) < self.max_buffer_traces
-            )
-            if fits:
-                self._buffer.traces.append(encoded)
-                self._buffer.span_counts.append(span_count)
-                self._buffer_bytes += len(encoded)
-                half_full = (
-                    self._buffer_bytes * 2 > self.max_buffer_bytes
-                    or len(self._buffer.traces) * 2 > self.max_buffer_traces
-                )
-            worker = self._worker
-        if not fits:
-            STATS.incr("spans.dropped.buffer_full", span_count)
-            self._log.log(logging.WARNING, "buffer_full",
-                          "trace buffer full (%d traces, %d bytes): dropping a trace of %d bytes",
-                          self.max_buffer_traces, self.max_buffer_bytes, len(encoded))
-            return
-        if worker is None:
-            self._start_worker()
-        if half_full and not self._wake.is_set():
-            self._wake.set()
 
     def _start_worker(self) -> None:
         with self._lock:
