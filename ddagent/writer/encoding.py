@@ -122,11 +122,13 @@ def encode_trace(spans: Iterable[Any]) -> bytes:
             span_type = ""
         try:
             # "".join raises TypeError unless every key (and meta value) is a str: C speed.
+            # Empty dicts skip the checks (most children of a trace have no metrics).
             usual = (
                 type(meta) is dict and type(metrics) is dict
-                and "".join(meta) is not None and "".join(meta.values()) is not None
-                and "".join(metrics) is not None
-                and _FLOATS_ONLY.issuperset(map(type, metrics.values()))
+                and (not meta or ("".join(meta) is not None
+                                  and "".join(meta.values()) is not None))
+                and (not metrics or ("".join(metrics) is not None
+                                     and _FLOATS_ONLY.issuperset(map(type, metrics.values()))))
             )
         except TypeError:
             usual = False
