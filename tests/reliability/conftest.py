@@ -20,6 +20,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="run the reliability fault script repeatedly for this many minutes (soak mode)")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    minutes = config.getoption("--soak-minutes")
+    if minutes:  # the soak outlasts the default per-test timeout
+        for item in items:
+            item.add_marker(pytest.mark.timeout(minutes * 60 + 300))
+
+
 @pytest.fixture
 def soak_minutes(request: pytest.FixtureRequest) -> float:
     return request.config.getoption("--soak-minutes")

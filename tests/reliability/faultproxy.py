@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import http.client
+import random
 import socket
 import struct
 import threading
@@ -52,7 +53,7 @@ class FaultProxy:
         self._lock = threading.Lock()
         self._closed = False
         self._connections: set[socket.socket] = set()
-        self._listener = self._listen(0)
+        self._listener = self._listen_on_a_free_port()
         self.port = self._listener.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
 
@@ -81,6 +82,16 @@ class FaultProxy:
         self._changed.set()
 
     # -- serving --------------------------------------------------------------------------
+
+    def _listen_on_a_free_port(self) -> socket.socket:
+        # Below Linux's ephemeral range (32768-60999), so that while the proxy refuses, no
+        # outgoing connection can take its port and make the recovery's bind fail.
+        for _ in range(100):
+            try:
+                return self._listen(random.randrange(20000, 32000))
+            except OSError:
+                continue
+        return self._listen(0)
 
     def _listen(self, port: int) -> socket.socket:
         listener = socket.socket()

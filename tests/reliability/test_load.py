@@ -93,8 +93,9 @@ def test_a_million_spans_with_the_agent_unavailable(agent, fault_proxy, test_age
     assert report["created"] == 1_000_000
     assert stats.get("spans.sent", 0) + sum(dropped.values()) == report["created"]
     assert stats.get("spans.sent", 0) == 0
-    # The buffer is capped at 8 MiB of encoded traces: the process never holds the million.
-    assert growth_mib < 48
+    # The buffer is capped at 8 MiB of encoded traces: the process never holds the million
+    # (about 600 MiB). Alone it grows ~20 MiB; more while other tests load the machine.
+    assert growth_mib < 128
     # No trace waited for the agent (the writer's timeout is 2 s and the stall 120 s).
     assert report["slowest_trace"] < 1.0
 
