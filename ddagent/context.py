@@ -70,19 +70,31 @@ class TraceBuffer:
         "_lock", "_open", "_finished", "_registry", "__weakref__",
     )
 
-    def __init__(self, trace_id: int, registry: OpenTraces) -> None:
+    def __init__(self, trace_id: int, registry: OpenTraces, root: Optional[Span] = None) -> None:
         self.trace_id = trace_id
         # The local root: the first span started while none was open (see span_started).
-        self.root: Optional[Span] = None
+        self.root = root
         self.priority: Optional[int] = None  # None until sampling has decided
         self.tags: dict[str, str] = {}  # propagated trace tags (_dd.p.*)
         self.origin: Optional[str] = None
         self.tracestate: Optional[str] = None
         self.closed_reason: Optional[str] = None  # set when evicted or inherited across fork
         self._lock = threading.Lock()
-        self._open = 0
         self._finished: list[Span] = []
         self._registry = registry
+        if root is None:
+            self._open = 0
+            return
+        # Started with its root, which nobody else can see yet: open and registered without the
+        # lock and without the calls of span_started/OpenTraces.add (new traces are the hot path:
+        # most traces integrations make are single spans).
+        self._open = 1
+        traces = registry._traces
+        traces[self] = None  # atomic
+        if len(traces) > registry.max_traces:
+            victim = registry.evict_oldest()
+            if victim is not None:
+                victim.close("open_trace_evicted")
 
     @classmethod
     def continuing(cls, parent: Context | TraceBuffer, registry: OpenTraces) -> TraceBuffer:
@@ -116,14 +128,6 @@ class TraceBuffer:
         if victim is not None:
             victim.close("open_trace_evicted")
 
-    def root_started(self, span: Span) -> None:
-        """``span_started`` for the first span of a buffer nobody else can see yet: no lock."""
-        self.root = span
-        self._open = 1
-        victim = self._registry.add(self)
-        if victim is not None:
-            victim.close("open_trace_evicted")
-
     def span_finished(self, span: Span) -> Optional[list[Span]]:
         """Take ``span`` back; returns a chunk of finished spans when one is ready to send."""
         with self._lock:
@@ -134,7 +138,7 @@ class TraceBuffer:
                 if self._open and len(self._finished) < self._registry.partial_flush_min_spans:
                     return None
                 if not self._open:
-                    self._registry.discard(self)
+                    self._registry._traces.pop(self, None)  # discard(), inlined: atomic
                     # Drop the root reference (the only span <-> buffer cycle) so refcounting
                     # frees a finished trace without the cyclic GC. Here, under the lock we
                     # hold anyway, rather than in a second locked call per trace.
@@ -182,6 +186,11 @@ class OpenTraces:
         traces[trace] = None
         if len(traces) <= self.max_traces:
             return None
+        return self.evict_oldest()
+
+    def evict_oldest(self) -> Optional[TraceBuffer]:
+        """Unregister and return the oldest trace if there are more than ``max_traces``."""
+        traces = self._traces
         with self._lock:
             if len(traces) <= self.max_traces:
                 return None

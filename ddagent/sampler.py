@@ -34,6 +34,7 @@ MECHANISM_AGENT_RATE = "-1"
 MECHANISM_RULE = "-3"
 
 DEFAULT_RATE_KEY = "service:,env:"
+_KEEP_BY_DEFAULT = (AUTO_KEEP, MECHANISM_DEFAULT)
 
 
 def keeps(trace_id: int, rate: float) -> bool:
@@ -101,13 +102,21 @@ class PrioritySampler:
         return dict(self._rates)
 
     def sample(self, span: Span) -> None:
+        span.set_sampling_decision(*self.decide(span))
+
+    def decide(self, root: Span) -> tuple[int, str]:
+        """The priority and mechanism for the trace of local root ``root`` (which records the
+        rate used). The tracer calls this directly for the default sampler, without the
+        round trip through the span."""
         rates = self._rates
-        rate = rates.get(f"service:{span.service or ''},env:{self.env}")
+        if not rates:
+            return _KEEP_BY_DEFAULT
+        rate = rates.get(f"service:{root.service or ''},env:{self.env}")
         if rate is None:
             rate = rates.get(DEFAULT_RATE_KEY)
-        if rate is None:
-            span.set_sampling_decision(AUTO_KEEP, MECHANISM_DEFAULT)
-            return
-        keep = keeps(span.trace_id, rate)
-        span.set_sampling_decision(AUTO_KEEP if keep else AUTO_REJECT, MECHANISM_AGENT_RATE)
-        span.metrics["_dd.agent_psr"] = rate
+            if rate is None:
+                return _KEEP_BY_DEFAULT
+        root.metrics["_dd.agent_psr"] = rate
+        if ((root.trace_id & LOW_64) * KNUTH_FACTOR) & LOW_64 <= int(rate * LOW_64):  # keeps()
+            return AUTO_KEEP, MECHANISM_AGENT_RATE
+        return AUTO_REJECT, MECHANISM_AGENT_RATE

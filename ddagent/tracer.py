@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, TypeVar, Union, overload
 from ddagent import config as config_module
 from ddagent._logging import RateLimitedLog
 from ddagent.context import ACTIVE_SPAN, Context, OpenTraces, TraceBuffer
-from ddagent.ids import new_trace_id
+from ddagent.ids import getrandbits
 from ddagent.sampler import AUTO_KEEP, MECHANISM_DEFAULT, PrioritySampler, RateSampler
 from ddagent.span import Span
 from ddagent.stats import STATS
@@ -36,14 +36,19 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FLUSH_TIMEOUT = 3.0  # seconds to send what is buffered at exit (DD_TRACE_SHUTDOWN_TIMEOUT)
 
+# What every chunk root carries (one dict update each; metrics as floats, their wire type, so
+# the encoder takes its fast path). A forked child gets its own identity.
 _runtime_id = uuid.uuid4().hex
-_pid = os.getpid()
+_CHUNK_ROOT_META = {"language": "python", "runtime-id": _runtime_id}
+_CHUNK_ROOT_METRICS = {"process_id": float(os.getpid())}
+_FINISHED_ONE_SPAN = STATS.tally("spans.finished")  # single-span chunks, the usual case
+_time = time.time
 
 
 def _new_process_identity() -> None:
-    global _runtime_id, _pid
-    _runtime_id = uuid.uuid4().hex
-    _pid = os.getpid()
+    global _runtime_id
+    _runtime_id = _CHUNK_ROOT_META["runtime-id"] = uuid.uuid4().hex
+    _CHUNK_ROOT_METRICS["process_id"] = float(os.getpid())
 
 
 class Tracer:
@@ -206,11 +211,11 @@ class Tracer:
     ) -> Span:
         trace: Optional[TraceBuffer]
         if parent is None:
-            trace = TraceBuffer(new_trace_id(), self._open_traces)
+            # ids.new_trace_id, inlined (one Python call less per trace).
+            trace_id = (int(_time()) << 96) | (getrandbits(64) or 1)
             span = Span(self, name, service or self.config.service, resource, span_type,
-                        trace.trace_id)
-            span._trace = trace
-            trace.root_started(span)
+                        trace_id)
+            span._trace = TraceBuffer(trace_id, self._open_traces, span)
             return span
         if type(parent) is Span or isinstance(parent, Span):
             trace = parent._trace
@@ -263,20 +268,52 @@ class Tracer:
             self._internal_error("finishing a span")
 
     def _write_chunk(self, trace: TraceBuffer, chunk: list[Span], root: Optional[Span]) -> None:
+        # The per-trace path. Sampling by the default sampler and the chunk tags are inline
+        # rather than in helper methods: callgrind, single-span trace, 7 Python calls less.
         n = len(chunk)
-        STATS.incr("spans.finished", n)
+        if n == 1:
+            _FINISHED_ONE_SPAN()
+        else:
+            STATS.incr("spans.finished", n)
         if not self.enabled or self._shut_down:
             STATS.incr("spans.dropped.disabled" if not self.enabled else "spans.dropped.shutdown",
                        n)
             return
-        self._decide_sampling(trace, root)
-        self._tag_chunk(trace, chunk)
+        if trace.priority is None:
+            sampler = self.sampler
+            if sampler is self.agent_sampler and root is not None:
+                trace.set_decision(*sampler.decide(root))
+            else:
+                self._decide_sampling(trace, root)
+        first = chunk[0]
+        meta = first.meta
+        high = first.trace_id >> 64
+        if high:
+            meta["_dd.p.tid"] = f"{high:016x}"
+        if trace.tags:
+            meta.update(trace.tags)
+        if trace.origin:
+            meta["_dd.origin"] = trace.origin
+        meta.update(_CHUNK_ROOT_META)
+        metrics = first.metrics
+        metrics.update(_CHUNK_ROOT_METRICS)
+        metrics["_sampling_priority_v1"] = float(trace.priority)  # type: ignore[arg-type]  # decided
+        if n == 1:  # _tag_spans' loop for one span, inline unless there are tags to add
+            if first._parent is None or first._parent.service != first.service:
+                metrics["_dd.top_level"] = 1.0
+            if self._span_tags or self.config.version:
+                self._tag_spans(chunk)
+        else:
+            self._tag_spans(chunk)
         if self.debug_logging:
             log.debug("ddagent: writing %d spans (enabled:%s)\n%s", n, self.enabled,
                       "\n\n".join(span.pprint() for span in chunk))
         for observe in self.chunk_observers:  # usually none; ddagent/summary.py adds one
             observe(chunk)
-        self.writer.write(chunk)
+        writer = self._writer
+        if writer is None:  # built on the first trace
+            writer = self.writer
+        writer.write(chunk)
 
     def _decide_sampling(self, trace: TraceBuffer, root: Optional[Span] = None) -> None:
         """Decide the trace's priority once, on its local root (an upstream decision stands).
@@ -295,20 +332,8 @@ class Tracer:
         if trace.priority is None:  # a sampler written for the seed may decide nothing
             trace.set_decision(AUTO_KEEP, MECHANISM_DEFAULT)
 
-    def _tag_chunk(self, trace: TraceBuffer, chunk: list[Span]) -> None:
-        first = chunk[0]
-        meta, metrics = first.meta, first.metrics
-        high = first.trace_id >> 64
-        if high:
-            meta["_dd.p.tid"] = f"{high:016x}"
-        meta.update(trace.tags)
-        if trace.origin:
-            meta["_dd.origin"] = trace.origin
-        meta["language"] = "python"
-        meta["runtime-id"] = _runtime_id
-        # Floats, the wire type of metrics: the encoder then takes its fast path.
-        metrics["process_id"] = float(_pid)
-        metrics["_sampling_priority_v1"] = float(trace.priority)  # type: ignore[arg-type]  # decided
+    def _tag_spans(self, chunk: list[Span]) -> None:
+        """Per-span tags: ``_dd.top_level``, the global tags, ``version``."""
         span_tags = self._span_tags
         service, version = self.config.service, self.config.version
         for span in chunk:
