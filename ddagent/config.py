@@ -190,13 +190,32 @@ def _non_empty(text: str) -> str:
     return text
 
 
+_BOOL_WORDS = {"1": True, "true": True, "yes": True, "on": True,
+               "0": False, "false": False, "no": False, "off": False}
+
+
+def parse_bool(text: str) -> Optional[bool]:
+    """True/False for the words every ddagent switch accepts (true/false, 1/0, yes/no, on/off,
+    any case, surrounding blanks ignored); None for anything else."""
+    return _BOOL_WORDS.get(text.strip().lower())
+
+
+def env_bool(name: str, environ: Optional[Mapping[str, str]] = None) -> Optional[bool]:
+    """The switch ``$name``: None when unset or empty; garbage gets one warning and None."""
+    raw = (os.environ if environ is None else environ).get(name)
+    if raw is None or not raw.strip():
+        return None
+    value = parse_bool(raw)
+    if value is None:
+        _Reader.warn(name, raw, "true or false")
+    return value
+
+
 def _bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
+    value = parse_bool(text)
+    if value is None:
+        raise ValueError(text)
+    return value
 
 
 def _positive_float(text: str) -> float:

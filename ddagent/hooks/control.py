@@ -30,6 +30,7 @@ import signal
 import threading
 from typing import Optional
 
+from ddagent.config import parse_bool
 from ddagent.hooks import registry
 
 log = logging.getLogger(__name__)
@@ -38,8 +39,6 @@ CONTROL_FILE_ENV = "DD_PROBES_CONTROL_FILE"
 POLL_SECONDS_ENV = "DD_PROBES_CONTROL_POLL_SECONDS"
 DEFAULT_POLL_SECONDS = 5.0
 _ACCEPTED_FORM = "one 'name=on' or 'name=off' per line, e.g. 'redis=off'"
-_WORDS = {"on": True, "true": True, "1": True, "yes": True,
-          "off": False, "false": False, "0": False, "no": False}
 
 
 def parse(text: str, source: str = "control file") -> dict[str, bool]:
@@ -51,7 +50,7 @@ def parse(text: str, source: str = "control file") -> dict[str, bool]:
         if not line:
             continue
         name, sep, value = line.partition("=")
-        on = _WORDS.get(value.strip().lower())
+        on = parse_bool(value)
         if not sep or on is None or not name.strip():
             malformed.append(line)
             continue

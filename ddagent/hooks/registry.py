@@ -42,6 +42,8 @@ from types import ModuleType
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from ddagent._logging import RateLimitedLog
+from ddagent.config import env_bool, parse_bool
+from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks import finder
 from ddagent.stats import STATS
 
@@ -82,10 +84,6 @@ KNOWN_INTEGRATIONS: dict[str, tuple[Optional[str], str]] = {
 
 # patch_all() turns everything on except these (SQLAlchemy: prefer the DB driver's spans).
 OFF_BY_DEFAULT = frozenset({"sqlalchemy"})
-
-_BOOL_WORDS = {"true": True, "1": True, "yes": True, "on": True,
-               "false": False, "0": False, "no": False, "off": False}
-
 
 class PatchError(Exception):
     """An integration cannot be patched: unknown name, no hook yet, or library not installed."""
@@ -220,9 +218,13 @@ class Integration:
         """Run ``on_call(self, *params)``; return a token for :meth:`exit`, or None (untraced)."""
         if not self.enabled:
             return None
+        active = ACTIVE_SPAN.get()
         try:
             span = on_call(self, *params)
         except Exception as exc:
+            # A probe that started its span before failing must not leave it active: the app's
+            # later spans would join a trace that never closes.
+            ACTIVE_SPAN.set(active)
             self.probe_failed(exc)
             return None
         return None if span is None else (span, params)
@@ -498,7 +500,7 @@ def patch_all(**overrides: bool) -> None:
     modules.update(_patch_modules_from_env())
     for name in list(modules):
         var = f"DD_TRACE_{name.upper()}_ENABLED"
-        value = _parse_bool_env(var)
+        value = env_bool(var)
         if value is not None:
             modules[name] = value
     patch(raise_errors=False, **modules)
@@ -510,7 +512,7 @@ def _patch_modules_from_env() -> dict[str, bool]:
     malformed = []
     for item in filter(None, (part.strip() for part in raw.split(","))):
         name, sep, value = item.partition(":")
-        flag = _BOOL_WORDS.get(value.strip().lower())
+        flag = parse_bool(value)
         if not sep or flag is None or not name.strip():
             malformed.append(item)
             continue
@@ -520,16 +522,6 @@ def _patch_modules_from_env() -> dict[str, bool]:
                     "'name:true,name:false' (e.g. 'redis:false,flask:true')",
                     ", ".join(repr(m) for m in malformed))
     return result
-
-
-def _parse_bool_env(var: str) -> bool | None:
-    raw = os.environ.get(var)
-    if raw is None or raw.strip() == "":
-        return None
-    value = _BOOL_WORDS.get(raw.strip().lower())
-    if value is None:
-        log.warning("ddagent: ignoring %s=%r; accepted values are true or false", var, raw)
-    return value
 
 
 def unpatch(*names: str) -> None:

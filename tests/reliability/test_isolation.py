@@ -83,11 +83,7 @@ def test_recursive_instrumented_calls(agent_tracer, test_agent):
     test_agent.assert_no_check_failures()
 
 
-@pytest.mark.parametrize("span_first", [False, pytest.param(True, marks=pytest.mark.xfail(
-    strict=True, reason=(
-        "bug in hooks/registry.py Integration.enter: a span started by on_call before it "
-        "raised stays the active span, so the app's later spans join a trace that never closes"
-    )))])
+@pytest.mark.parametrize("span_first", [False, True])
 def test_a_raising_probe_is_contained(span_first, test_agent, monkeypatch):
     """A probe that raises (after starting its span, or not): the app's call behaves exactly as
     untraced, and the tracer keeps working."""
