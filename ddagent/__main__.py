@@ -211,10 +211,11 @@ def main(argv: Optional[list[str]] = None) -> int:
               "[Errno 2] No such file or directory", file=sys.stderr)
         return 2
 
-    _install_tracing()
     from ddagent import summary
 
+    # Before ddagent.auto, whose own (environment-only) install then does nothing.
     summary.install(options.summary, options.spans_file)
+    _install_tracing()
     if script is not None:
         return _run_program(lambda: _run_script(script, program_args))
     if command is not None:

@@ -4,6 +4,8 @@ Importing it (first thing in a program, or implicitly through ``python -m ddagen
 
 - installs every enabled integration through ``ddagent.hooks.registry.patch_all()``; a missing
   or failing registry is logged and skipped, never raised into the application;
+- shows the traces locally when ``DD_TRACE_SUMMARY`` or ``DD_TRACE_SPANS_FILE`` asks for it
+  (``ddagent/summary.py``; unlike the launcher, never just because stderr is a terminal);
 - starts the operator control file watcher when ``DD_PROBES_CONTROL_FILE`` is set
   (``ddagent/hooks/control.py``: switch integrations off and on in a running process);
 - prepends ``ddagent/bootstrap`` to ``PYTHONPATH`` in this process's environment, so that child
@@ -33,6 +35,17 @@ def _patch_all() -> None:
         _log.warning("ddagent: could not install the integrations", exc_info=True)
 
 
+def _show_traces_locally() -> None:
+    if not (os.environ.get("DD_TRACE_SUMMARY") or os.environ.get("DD_TRACE_SPANS_FILE")):
+        return  # nothing asked for: leave the summary module (and json) unimported
+    try:
+        from ddagent import summary
+
+        summary.install(terminal_default=False)
+    except Exception:
+        _log.warning("ddagent: could not set up the local trace summary", exc_info=True)
+
+
 def _watch_control_file() -> None:
     try:
         from ddagent.hooks import control
@@ -51,4 +64,5 @@ def _trace_child_processes() -> None:
 
 _trace_child_processes()
 _patch_all()
+_show_traces_locally()
 _watch_control_file()

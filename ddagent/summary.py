@@ -27,6 +27,7 @@ import threading
 from typing import Any, Optional, TextIO
 
 from ddagent._logging import RateLimitedLog
+from ddagent.config import env_bool
 from ddagent.ext import errors
 from ddagent.stats import STATS
 
@@ -193,34 +194,45 @@ class LocalView:
         return text
 
 
+_installed = False
+
+
 def install(
     summary: Optional[bool] = None,
     spans_file: Optional[str] = None,
     *,
     tracer: Any = None,
     stream: Optional[TextIO] = None,
+    terminal_default: bool = True,
 ) -> Optional[LocalView]:
-    """Show ``tracer``'s traces locally (the launcher calls this; never raises).
+    """Show ``tracer``'s traces locally (never raises; only the first call in a process acts).
 
     ``summary``: True prints at exit always, False never, None (``DD_TRACE_SUMMARY``, else
-    unset) only when ``stream`` (stderr) is a terminal and the agent was not reached.
+    unset) only when ``terminal_default`` and ``stream`` (stderr) is a terminal and the agent
+    was not reached. The launcher keeps that default; ``import ddagent.auto`` turns it off, so
+    the processes a program starts do not each print a summary.
     ``spans_file``: a path (else ``DD_TRACE_SPANS_FILE``) for every span as JSON lines.
     Returns the installed view, or None when there is nothing to show.
     """
+    global _installed
+    if _installed:
+        return None
+    _installed = True
     try:
-        return _install(summary, spans_file, tracer, stream or sys.stderr)
+        return _install(summary, spans_file, tracer, stream or sys.stderr, terminal_default)
     except Exception as exc:
         log.warning("ddagent: the local trace summary is unavailable: %r", exc)
         return None
 
 
 def _install(summary: Optional[bool], spans_file: Optional[str], tracer: Any,
-             stream: TextIO) -> Optional[LocalView]:
+             stream: TextIO, terminal_default: bool) -> Optional[LocalView]:
     if summary is None:
-        summary = _env_bool("DD_TRACE_SUMMARY")
+        summary = env_bool("DD_TRACE_SUMMARY")
     if spans_file is None:
         spans_file = os.environ.get("DD_TRACE_SPANS_FILE") or None
-    show_summary = summary is True or (summary is None and _is_terminal(stream))
+    show_summary = summary is True or (
+        summary is None and terminal_default and _is_terminal(stream))
     if not show_summary and spans_file is None:
         return None
     if tracer is None:
@@ -240,18 +252,6 @@ def _install(summary: Optional[bool], spans_file: Optional[str], tracer: Any,
     if view.summary is not None and hasattr(os, "register_at_fork"):
         os.register_at_fork(after_in_child=view.summary.reset)
     return view
-
-
-def _env_bool(name: str) -> Optional[bool]:
-    raw = (os.environ.get(name) or "").strip().lower()
-    if not raw:
-        return None
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    if raw in ("0", "false", "no", "off"):
-        return False
-    log.warning("ddagent: ignoring %s=%r: expected true or false; using the default", name, raw)
-    return None
 
 
 def _is_terminal(stream: TextIO) -> bool:

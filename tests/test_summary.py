@@ -46,6 +46,12 @@ class Terminal(io.StringIO):
         return True
 
 
+@pytest.fixture(autouse=True)
+def fresh_install(monkeypatch):
+    """Each test installs its own view (in a program, only the first install acts)."""
+    monkeypatch.setattr(summary, "_installed", False)
+
+
 @pytest.fixture
 def tracer() -> Tracer:
     t = Tracer(Config.from_env({"DD_SERVICE": "shop"}))
@@ -250,3 +256,22 @@ def test_a_forked_child_counts_only_its_own_spans(tracer):
     assert child == "1 [('shop', 'in.child', 'in.child')]"
     assert view.summary.spans == 1
     assert ("shop", "before.fork", "before.fork") in view.summary.resources
+
+
+def test_import_auto_honours_the_variables_but_not_the_terminal(tmp_path):
+    """``import ddagent.auto`` writes the spans file when asked, and prints a summary only when
+    DD_TRACE_SUMMARY says so (a terminal alone is not enough: every child would print one)."""
+    spans = tmp_path / "spans.jsonl"
+    program = ("import ddagent.auto\nfrom ddagent import tracer\n"
+               "with tracer.trace('auto.op'):\n    pass\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DD_TRACE_AGENT_URL": "http://127.0.0.1:9",
+           "DD_TRACE_SPANS_FILE": str(spans), "DD_TRACE_SHUTDOWN_TIMEOUT": "0.5"}
+    env.pop("DD_TRACE_SUMMARY", None)
+    quiet = subprocess.run([sys.executable, "-c", program], env=env, capture_output=True,
+                           text=True, timeout=60)
+    assert quiet.returncode == 0, quiet.stderr
+    assert [json.loads(line)["name"] for line in spans.read_text().splitlines()] == ["auto.op"]
+    assert "auto.op" not in quiet.stderr
+    loud = subprocess.run([sys.executable, "-c", program], env={**env, "DD_TRACE_SUMMARY": "true"},
+                          capture_output=True, text=True, timeout=60)
+    assert loud.returncode == 0 and "auto.op" in loud.stderr, loud.stderr

@@ -38,11 +38,15 @@ import os
 import sys
 from typing import Any, Callable
 
+from ddagent.config import env_bool
 from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks import dbapi, wsgi
 from ddagent.hooks.registry import FunctionProbe, Integration
 from ddagent.hooks.wrappers import AroundProbe, WrapperProbe, call_probed
 from ddagent.pin import Pin
+
+# Read once, when Django is imported (a per-request read would warn per request on garbage).
+INCLUDE_USER_NAME = env_bool("DD_DJANGO_INCLUDE_USER_NAME") is not False
 
 log = logging.getLogger(__name__)
 
@@ -155,8 +159,7 @@ def _tag_user(span: Any, request: Any) -> None:
     if user_id is not None:
         span.set_tag("django.user.id", str(user_id))
         span.set_tag("usr.id", str(user_id))
-    if os.environ.get("DD_DJANGO_INCLUDE_USER_NAME", "true").strip().lower() not in (
-            "false", "0", "no", "off"):
+    if INCLUDE_USER_NAME:
         get_username = getattr(user, "get_username", None)
         if get_username is not None:
             span.set_tag("django.user.name", get_username())
