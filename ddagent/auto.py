@@ -18,12 +18,13 @@ A module body runs once per process, so importing it again does nothing.
 
 from __future__ import annotations
 
-import logging
 import os
+
+from ddagent._logging import get_logger
 
 BOOTSTRAP_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bootstrap")
 
-_log = logging.getLogger(__name__)
+_log = get_logger(__name__)
 
 
 def _patch_all() -> None:

@@ -29,7 +29,6 @@ is used. ``Config.sources`` records where each value came from, for diagnostics.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import sys
@@ -37,7 +36,9 @@ import urllib.parse
 from collections.abc import Mapping
 from typing import Callable, Optional, TypeVar
 
-log = logging.getLogger("ddagent.config")
+from ddagent._logging import get_logger
+
+log = get_logger("ddagent.config")
 
 DEFAULT_AGENT_URL = "http://localhost:8126"
 DEFAULT_AGENT_PORT = 8126

@@ -7,10 +7,11 @@ make new ones.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Optional
 
-log = logging.getLogger("ddagent.pin")
+from ddagent._logging import get_logger
+
+log = get_logger("ddagent.pin")
 
 _PIN_ATTR = "_datadog_pin"
 

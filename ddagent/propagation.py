@@ -7,16 +7,16 @@ headers are ignored, never raised.
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Mapping, MutableMapping
 from typing import Optional, Union
 
+from ddagent._logging import get_logger
 from ddagent.context import Context
 from ddagent.ids import LOW_64
 from ddagent.span import Span
 
-log = logging.getLogger("ddagent.propagation")
+log = get_logger("ddagent.propagation")
 
 HTTP_HEADER_TRACE_ID = "x-datadog-trace-id"
 HTTP_HEADER_PARENT_ID = "x-datadog-parent-id"

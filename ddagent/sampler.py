@@ -12,14 +12,14 @@ as the Datadog agent does, so a trace is kept or dropped consistently everywhere
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Optional
 
+from ddagent._logging import get_logger
 from ddagent.ids import LOW_64
 from ddagent.span import Span
 
-log = logging.getLogger("ddagent.sampler")
+log = get_logger("ddagent.sampler")
 
 KNUTH_FACTOR = 1111111111111111111
 

@@ -8,21 +8,20 @@ negative). ``start``/``duration`` remain float-second properties for the seed's 
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 import time
-import traceback
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional
 
+from ddagent._logging import get_logger
 from ddagent.ext import errors
 from ddagent.ids import LOW_64, getrandbits, new_trace_id
 
 if TYPE_CHECKING:
     from ddagent.context import Context, TraceBuffer
 
-log = logging.getLogger("ddagent.span")
+log = get_logger("ddagent.span")
 
 TRACEBACK_MAX_FRAMES = 30  # as ddtrace's DD_TRACE_SPAN_TRACEBACK_MAX_SIZE
 
@@ -180,6 +179,8 @@ class Span:
         except Exception:
             message = f"<unprintable {exc_type.__name__}>"
         try:
+            import traceback  # on the first error: ~1 ms of start-up otherwise
+
             # The innermost frames are the useful ones, so the limit counts from the bottom.
             stack = "".join(traceback.format_exception(exc_type, exc, tb, limit=-limit))
         except Exception:

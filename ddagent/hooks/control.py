@@ -24,16 +24,16 @@ the program holds ddagent's registry lock cannot deadlock.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import threading
 from typing import Optional
 
+from ddagent._logging import get_logger
 from ddagent.config import parse_bool
 from ddagent.hooks import registry
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CONTROL_FILE_ENV = "DD_PROBES_CONTROL_FILE"
 POLL_SECONDS_ENV = "DD_PROBES_CONTROL_POLL_SECONDS"

@@ -21,19 +21,18 @@ run.
 
 from __future__ import annotations
 
-import logging
 import sys
 import threading
 from importlib.machinery import ModuleSpec
 from types import ModuleType
 from typing import Any, Callable, Optional, Sequence
 
-from ddagent._logging import RateLimitedLog
+from ddagent._logging import WARNING, RateLimitedLog, get_logger
 from ddagent.stats import STATS
 
 Callback = Callable[[ModuleType], None]
 
-_log = RateLimitedLog(logging.getLogger(__name__))
+_log = RateLimitedLog(get_logger(__name__))
 
 # module name -> callbacks, in registration order. Read without the lock on the import path
 # (dict lookups are atomic); changed only under _lock, always by replacing the list.
@@ -154,7 +153,7 @@ def _run_callbacks(name: str, callbacks: list[Callback], module: ModuleType) -> 
             # Never break the application's import because an integration failed to install.
             STATS.incr("import_hooks.errors")
             _log.log(
-                logging.WARNING,
+                WARNING,
                 f"callback:{name}",
                 "ddagent: a callback for the import of %s failed; the module is left as imported",
                 name,

@@ -34,20 +34,19 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import logging
 import os
 import sys
 import threading
 from types import ModuleType
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
-from ddagent._logging import RateLimitedLog
+from ddagent._logging import DEBUG, ERROR, WARNING, RateLimitedLog, get_logger
 from ddagent.config import env_bool, parse_bool
 from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks import finder
 from ddagent.stats import STATS
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _rate_limited = RateLimitedLog(log)
 
 Undo = Callable[[], None]
@@ -252,7 +251,7 @@ class Integration:
         """A probe raised: count it, log it (rate-limited) and switch this integration off."""
         STATS.incr(f"probes.errors.{self.name}")
         _rate_limited.log(
-            logging.ERROR, f"probe-error:{self.name}",
+            ERROR, f"probe-error:{self.name}",
             "ddagent: the %s probe failed (%s: %s); %s instrumentation is now disabled",
             self.name, type(exc).__name__, exc, self.name, exc_info=True,
         )
@@ -270,7 +269,7 @@ class Integration:
             undo = probe.install(module, self)
         except Exception:
             STATS.incr(f"probes.errors.{self.name}")
-            _rate_limited.log(logging.WARNING, f"install:{self.name}:{probe.module}",
+            _rate_limited.log(WARNING, f"install:{self.name}:{probe.module}",
                               "ddagent: could not instrument %s for %s", probe.module, self.name,
                               exc_info=True)
             return
@@ -475,7 +474,7 @@ def patch(raise_errors: bool = True, **modules: bool) -> None:
         except Exception as exc:
             if raise_errors:
                 raise
-            level = logging.WARNING if name not in KNOWN_INTEGRATIONS else logging.DEBUG
+            level = WARNING if name not in KNOWN_INTEGRATIONS else DEBUG
             log.log(level, "ddagent: not patching %s: %s", name, exc)
         else:
             patched.append(name)
