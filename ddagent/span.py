@@ -140,7 +140,9 @@ class Span:
             try:
                 value = float(value)
             except (TypeError, ValueError, OverflowError):
-                log.debug("ddagent: dropping metric %r: %r is not a number", key, value)
+                # The type, not the value: formatting a user's object may raise or be huge.
+                log.debug("ddagent: dropping metric %r: a %s is not a number", key,
+                          type(value).__name__)
                 return
         if not math.isfinite(value):
             log.debug("ddagent: dropping metric %r: %r is not finite", key, value)

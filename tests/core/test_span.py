@@ -171,3 +171,19 @@ def test_sampled_compatibility_attribute_without_tracer() -> None:
     span = Span(None, "op")
     assert span.sampled is True
     span.sampled = False  # no trace to decide for: harmless
+
+
+def test_debug_logs_never_format_a_users_value(caplog):
+    """With debug logging on, a value whose __str__/__repr__ raises is still just dropped."""
+
+    class Unprintable:
+        def __str__(self) -> str:
+            raise RuntimeError("unprintable")
+
+        __repr__ = __str__
+
+    caplog.set_level(logging.DEBUG, logger="ddagent")
+    span = Span(None, "debug.logs")
+    span.set_metric("metric", Unprintable())
+    span.set_tag("tag", Unprintable())
+    assert "metric" not in span.metrics and "tag" not in span.meta
