@@ -275,7 +275,13 @@ def test_debug_logging(tracer: Tracer, caplog) -> None:
         with tracer.trace("noisy"):
             pass
     assert "writing 1 spans" in caplog.text and "noisy" in caplog.text
-    assert make_tracer({"DD_TRACE_DEBUG": "true"}).debug_logging is True
+    logger = logging.getLogger("ddagent")
+    level, handlers = logger.level, list(logger.handlers)
+    try:
+        assert make_tracer({"DD_TRACE_DEBUG": "true"}).debug_logging is True
+    finally:  # DD_TRACE_DEBUG turns the package's logger to DEBUG for the whole process
+        logger.setLevel(level)
+        logger.handlers[:] = handlers
 
 
 def test_a_failing_writer_never_reaches_the_app(tracer: Tracer) -> None:
