@@ -46,13 +46,23 @@ import os
 import wsgiref.util
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional
+from urllib.parse import quote
 
 from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks.http import SERVER_ERROR_STATUSES, status_code, url_tag
 from ddagent.hooks.registry import Integration, global_tracer
 from ddagent.hooks.wrappers import AroundProbe
 from ddagent.pin import Pin
-from ddagent.propagation import HTTPPropagator
+from ddagent.propagation import (
+    HTTP_HEADER_ORIGIN,
+    HTTP_HEADER_PARENT_ID,
+    HTTP_HEADER_SAMPLING_PRIORITY,
+    HTTP_HEADER_TAGS,
+    HTTP_HEADER_TRACE_ID,
+    HTTP_HEADER_TRACEPARENT,
+    HTTP_HEADER_TRACESTATE,
+    HTTPPropagator,
+)
 from ddagent.span import Span
 
 REQUEST_SPAN = "ddagent.request_span"  # the environ key holding the request's span
@@ -92,7 +102,7 @@ def start_request(
         if not tracer.enabled:
             return None
         service = service or (pin.service if pin is not None else None)
-        parent = HTTPPropagator.extract(_headers(environ))
+        parent = _extract_context(environ)
         span = tracer.trace(f"{integration.name}.request", child_of=parent, span_type="web",
                             service=service or _default_service(integration, tracer))
         method = environ.get("REQUEST_METHOD", "GET")
@@ -100,7 +110,7 @@ def start_request(
         span.set_tag("component", integration.component)
         span.set_tag("span.kind", "server")
         span.set_tag("http.method", method)
-        span.set_tag("http.url", url_tag(wsgiref.util.request_uri(environ, include_query=False)))
+        span.set_tag("http.url", _url(environ))
         user_agent = environ.get("HTTP_USER_AGENT")
         if user_agent:
             span.set_tag("http.useragent", user_agent)
@@ -155,9 +165,57 @@ def _set_status(span: Span, status: Any) -> None:
         span.set_tag("http.status_code", str(code))
 
 
-def _headers(environ: dict) -> dict[str, str]:
-    return {key[5:].replace("_", "-"): value for key, value in environ.items()
-            if key.startswith("HTTP_")}
+# The environ keys of the propagation headers (``x-datadog-trace-id`` -> HTTP_X_DATADOG_TRACE_ID).
+_PROPAGATION_KEYS = {
+    "HTTP_" + header.upper().replace("-", "_"): header
+    for header in (HTTP_HEADER_TRACE_ID, HTTP_HEADER_PARENT_ID, HTTP_HEADER_SAMPLING_PRIORITY,
+                   HTTP_HEADER_ORIGIN, HTTP_HEADER_TAGS, HTTP_HEADER_TRACEPARENT,
+                   HTTP_HEADER_TRACESTATE)
+}
+
+
+def _extract_context(environ: dict) -> Any:
+    """The trace context of the request's propagation headers, or None.
+
+    Only those headers are read: without a trace id or a traceparent there is no context, which
+    spares the usual untraced-upstream request any header work."""
+    if "HTTP_X_DATADOG_TRACE_ID" not in environ and "HTTP_TRACEPARENT" not in environ:
+        return None
+    return HTTPPropagator.extract({header: environ[key] for key, header in
+                                   _PROPAGATION_KEYS.items() if key in environ})
+
+
+# url_tag of "scheme://host/" per (scheme, host): parsing the host is most of the tag's cost and
+# a server sees few hosts. Bounded, as the Host header comes from the client.
+_BASE_URLS: dict[tuple[str, str], str] = {}
+_BASE_URLS_MAX = 256
+_HOST_DELIMITERS = frozenset("/?#\\")
+
+
+def _url(environ: dict) -> str:
+    """The ``http.url`` tag: ``url_tag(wsgiref.util.request_uri(environ, include_query=False))``,
+    with the scheme-and-host part computed once per host."""
+    scheme = environ["wsgi.url_scheme"]
+    host = environ.get("HTTP_HOST")
+    if not host:
+        host = environ["SERVER_NAME"]
+        port = environ["SERVER_PORT"]
+        if port != ("443" if scheme == "https" else "80"):
+            host += ":" + port
+    script_name = environ.get("SCRIPT_NAME", "")
+    if (script_name and script_name[0] != "/") or not _HOST_DELIMITERS.isdisjoint(host):
+        # Unusual enough that the host and path do not split where expected: the long way.
+        return url_tag(wsgiref.util.request_uri(environ, include_query=False))
+    base = _BASE_URLS.get((scheme, host))
+    if base is None:
+        base = url_tag(f"{scheme}://{host}/")[:-1]
+        if len(_BASE_URLS) < _BASE_URLS_MAX:
+            _BASE_URLS[(scheme, host)] = base
+    # wsgiref's quoting of the path, so the tag reads exactly as before.
+    path_info = quote(environ.get("PATH_INFO", ""), safe="/;=,", encoding="latin1")
+    if script_name:
+        return base + quote(script_name, encoding="latin1") + path_info
+    return base + "/" + path_info[1:]
 
 
 def _default_service(integration: Integration, tracer: Any) -> str:
