@@ -95,6 +95,7 @@ class AgentWriter:
         self._send_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._stopped = False  # _stopping.is_set(), as a plain bool for write(): no call per trace
         self._worker: Optional[threading.Thread] = None
         self._fork_dropped_spans = 0
         self._in_flight: Optional[_Batch] = None  # the batch _send_buffer is sending
@@ -111,7 +112,7 @@ class AgentWriter:
                 return
             if self._fork_dropped_spans:
                 self._count_fork_drops()
-            if self._stopping.is_set():
+            if self._stopped:
                 STATS.incr("spans.dropped.shutdown", span_count)
                 return
             try:
@@ -203,6 +204,7 @@ class AgentWriter:
         dropped and counted the same way.
         """
         deadline = self._deadline(timeout)
+        self._stopped = True
         self._stopping.set()
         self._wake.set()
         try:
@@ -366,6 +368,7 @@ class AgentWriter:
         self._reset_threading_state()
         self._fork_dropped_spans = discarded
         if stopping:
+            self._stopped = True
             self._stopping.set()
         self._transport = AgentTransport(self.agent_url, self.timeout, self._transport.endpoint)
 
