@@ -166,9 +166,10 @@ class Integration:
         if service is None:
             service = (pin.service if pin is not None else None) or self._configured_service()
         span = tracer.trace(name, service=service, resource=resource, span_type=span_type)
-        span.set_tag("component", self.component)
+        meta = span.meta  # component and span_kind are strs: set_tag's conversion is not needed
+        meta["component"] = self.component
         if self.span_kind:
-            span.set_tag("span.kind", self.span_kind)
+            meta["span.kind"] = self.span_kind
         span.metrics["_dd.measured"] = 1.0  # a float, as set_metric would store it
         for key, value in (tags or {}).items():
             if value is not None:
