@@ -214,6 +214,11 @@ class Span:
             self._trace.set_decision(priority, mechanism)
 
     @property
+    def tracer(self) -> Any:
+        """The tracer that started this span (None for a span built by hand)."""
+        return self._tracer
+
+    @property
     def context(self) -> Context:
         """What propagation needs to continue this trace elsewhere (decides sampling first)."""
         from ddagent.context import Context

@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, NamedTuple,
 
 import wrapt
 
-from ddagent.hooks.registry import tracer_of
 from ddagent.hooks.wrappers import AroundProbe, WrapperProbe, call_probed, call_probed_async
 from ddagent.sql import normalize_query
 
@@ -421,7 +420,7 @@ def query_text(query: Any, context: Any = None) -> str:
 
 def query_resource(text: str, span: Any) -> str:
     """The resource for SQL ``text``: normalised unless the span's tracer config says not."""
-    config = getattr(tracer_of(span), "config", None)
+    config = getattr(span.tracer, "config", None)
     if config is not None and not getattr(config, "sql_normalize", True):
         return text
     return normalize_query(text)

@@ -192,9 +192,9 @@ class Integration:
         # The active span itself, not global_tracer().current_span(): the same value, without
         # looking the tracer up on every sub-span.
         parent = ACTIVE_SPAN.get()
-        if parent is None or parent._finished:
+        if parent is None or parent.finished:
             return None
-        tracer = tracer_of(parent)
+        tracer = parent.tracer
         if tracer is None:
             return None
         span = tracer.trace(name, resource=resource, span_type=span_type)
@@ -595,14 +595,6 @@ def global_tracer() -> Any:
     """``ddagent.tracer``, the global tracer, as it is now (tests may replace its writer)."""
     module = sys.modules.get("ddagent.tracer") or importlib.import_module("ddagent.tracer")
     return module.tracer
-
-
-def tracer_of(span: Any) -> Any:
-    """The tracer that started ``span`` (None for a span built by hand).
-
-    The core has no public accessor for it yet; this is the one place the hooks read it.
-    """
-    return getattr(span, "_tracer", None)
 
 
 _PIN: Any = None  # ddagent.pin.Pin once looked up (a module lookup less per traced call)
