@@ -33,7 +33,7 @@ import math
 import os
 import sys
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Callable, Optional, TypeVar
 
 from ddagent._logging import get_logger
@@ -199,6 +199,23 @@ def parse_bool(text: str) -> Optional[bool]:
     """True/False for the words every ddagent switch accepts (true/false, 1/0, yes/no, on/off,
     any case, surrounding blanks ignored); None for anything else."""
     return _BOOL_WORDS.get(text.strip().lower())
+
+
+def parse_switches(items: Iterable[str], separator: str) -> tuple[dict[str, bool], list[str]]:
+    """``({name: on}, malformed)`` from items like ``redis:false`` (``separator`` ``":"``).
+
+    The shared grammar of ``DD_PATCH_MODULES`` and the probes control file; each caller splits
+    its own text into items and words its own warning for the malformed ones."""
+    switches: dict[str, bool] = {}
+    malformed: list[str] = []
+    for item in items:
+        name, sep, value = item.partition(separator)
+        on = parse_bool(value)
+        if not sep or on is None or not name.strip():
+            malformed.append(item)
+        else:
+            switches[name.strip()] = on
+    return switches, malformed
 
 
 def env_bool(name: str, environ: Optional[Mapping[str, str]] = None) -> Optional[bool]:

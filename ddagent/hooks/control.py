@@ -30,7 +30,7 @@ import threading
 from typing import Optional
 
 from ddagent._logging import get_logger
-from ddagent.config import parse_bool
+from ddagent.config import parse_switches
 from ddagent.hooks import registry
 
 log = get_logger(__name__)
@@ -43,18 +43,8 @@ _ACCEPTED_FORM = "one 'name=on' or 'name=off' per line, e.g. 'redis=off'"
 
 def parse(text: str, source: str = "control file") -> dict[str, bool]:
     """``{name: on}`` from the file's text; malformed lines are skipped with one warning."""
-    wanted: dict[str, bool] = {}
-    malformed = []
-    for line in text.splitlines():
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        name, sep, value = line.partition("=")
-        on = parse_bool(value)
-        if not sep or on is None or not name.strip():
-            malformed.append(line)
-            continue
-        wanted[name.strip()] = on
+    lines = (line.split("#", 1)[0].strip() for line in text.splitlines())
+    wanted, malformed = parse_switches(filter(None, lines), "=")
     if malformed:
         log.warning("ddagent: ignoring %s in %s; expected %s",
                     ", ".join(repr(m) for m in malformed), source, _ACCEPTED_FORM)

@@ -42,7 +42,7 @@ from types import ModuleType
 from typing import Any, Callable, Mapping, Optional, Protocol, Sequence
 
 from ddagent._logging import DEBUG, ERROR, WARNING, RateLimitedLog, get_logger
-from ddagent.config import env_bool, parse_bool
+from ddagent.config import env_bool, parse_switches
 from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks import finder
 from ddagent.stats import STATS
@@ -509,15 +509,7 @@ def patch_all(**overrides: bool) -> None:
 
 def _patch_modules_from_env() -> dict[str, bool]:
     raw = os.environ.get("DD_PATCH_MODULES", "")
-    result: dict[str, bool] = {}
-    malformed = []
-    for item in filter(None, (part.strip() for part in raw.split(","))):
-        name, sep, value = item.partition(":")
-        flag = parse_bool(value)
-        if not sep or flag is None or not name.strip():
-            malformed.append(item)
-            continue
-        result[name.strip()] = flag
+    result, malformed = parse_switches(filter(None, (part.strip() for part in raw.split(","))), ":")
     if malformed:
         log.warning("ddagent: ignoring %s in DD_PATCH_MODULES; the accepted form is "
                     "'name:true,name:false' (e.g. 'redis:false,flask:true')",
