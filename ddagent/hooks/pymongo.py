@@ -7,7 +7,8 @@ rewriting their code:
   ``aggregate``, ``createIndexes``, ``findAndModify``, ``ping``, ...). Calls made with event
   publishing switched off are the driver's own handshake and heartbeat ``hello`` commands; they
   are not traced, so a monitor thread does not send a trace every 10 seconds.
-- ``Server.run_operation``: the ``find`` and ``getMore`` of cursors.
+- the ``find`` and ``getMore`` of cursors: ``_CursorBase._run_with_conn`` (pymongo 4.18+),
+  ``Server.run_operation`` before (4.9 to 4.17).
 - ``_Bulk.write_command``: batched writes (``insert_many``, ``bulk_write``).
 
 All three are what pymongo's re-authentication decorator returns, a ``(*args, **kwargs)``
@@ -31,6 +32,7 @@ the exception type pymongo raises for it.
 from __future__ import annotations
 
 import json
+from types import ModuleType
 from typing import Any, Mapping, Optional
 
 from ddagent.hooks.registry import FunctionProbe, Integration
@@ -55,12 +57,22 @@ def _command_span(integration: Integration, args: tuple, kwargs: dict) -> Any:
 
 def _operation_span(integration: Integration, args: tuple, kwargs: dict) -> Any:
     # Server.run_operation(self, conn, operation, read_preference, listeners, unpack_res, client)
-    conn, operation = _param(args, kwargs, 1, "conn"), _param(args, kwargs, 2, "operation")
+    return _cursor_span(integration, _param(args, kwargs, 6, "client"),
+                        _param(args, kwargs, 1, "conn"), _param(args, kwargs, 2, "operation"))
+
+
+def _cursor_batch_span(integration: Integration, args: tuple, kwargs: dict) -> Any:
+    # _CursorBase._run_with_conn(self, conn, operation, read_preference)
+    cursor = args[0]
+    return _cursor_span(integration, cursor._collection.database.client,
+                        _param(args, kwargs, 1, "conn"), _param(args, kwargs, 2, "operation"))
+
+
+def _cursor_span(integration: Integration, client: Any, conn: Any, operation: Any) -> Any:
     query = getattr(operation, "spec", None) if operation.name == "find" else None
     if isinstance(query, Mapping) and "$query" in query:  # the legacy wrapped form
         query = query["$query"]
-    return _span(integration, _param(args, kwargs, 6, "client"), conn, operation.name,
-                 operation.db, operation.coll, query)
+    return _span(integration, client, conn, operation.name, operation.db, operation.coll, query)
 
 
 def _bulk_span(integration: Integration, args: tuple, kwargs: dict) -> Any:
@@ -151,14 +163,25 @@ def _shape_json(query: Mapping) -> str:
     return text if len(text) <= MAX_QUERY_LENGTH else text[:MAX_QUERY_LENGTH] + "..."
 
 
+class _ServerRunOperationProbe(FunctionProbe):
+    """``Server.run_operation``, which pymongo 4.18 replaced by ``_CursorBase._run_with_conn``."""
+
+    def install(self, module: ModuleType, integration: Integration) -> Any:
+        if not hasattr(module.Server, "run_operation"):
+            return None
+        return super().install(module, integration)
+
+
 integration = Integration(
     "pymongo",
     service="pymongo",
     probes=[
         FunctionProbe("pymongo.synchronous.pool", "Connection.command",
                       on_call=_command_span, on_return=_record_write_errors),
-        FunctionProbe("pymongo.synchronous.server", "Server.run_operation",
-                      on_call=_operation_span, on_return=_record_rows),
+        FunctionProbe("pymongo.synchronous.cursor_base", "_CursorBase._run_with_conn",
+                      on_call=_cursor_batch_span, on_return=_record_rows),
+        _ServerRunOperationProbe("pymongo.synchronous.server", "Server.run_operation",
+                                 on_call=_operation_span, on_return=_record_rows),
         FunctionProbe("pymongo.synchronous.bulk", "_Bulk.write_command",
                       on_call=_bulk_span, on_return=_record_write_errors),
     ],

@@ -10,6 +10,11 @@ pytest.importorskip("briskdb")
 
 from pymongo.synchronous import bulk, pool, server  # noqa: E402
 
+try:  # pymongo 4.18+ runs find/getMore here instead of in Server.run_operation
+    from pymongo.synchronous.cursor_base import _CursorBase as _CursorBatches
+except ImportError:
+    _CursorBatches = None
+
 from ddagent import probes  # noqa: E402
 from ddagent.hooks import rewrite  # noqa: E402
 from ddagent.hooks.pymongo import normalize_filter  # noqa: E402
@@ -17,7 +22,8 @@ from ddagent.pin import Pin  # noqa: E402
 from tests.integrations.conftest import enabled, spans_named  # noqa: E402
 from tests.standins.mongodb import running_mongodb  # noqa: E402
 
-PROBED = [pool.Connection.command, server.Server.run_operation,
+PROBED = [pool.Connection.command,
+          server.Server.run_operation if _CursorBatches is None else _CursorBatches._run_with_conn,
           bulk._Bulk.write_command]
 ORIGINAL_CODE = [f.__code__ for f in PROBED]
 
