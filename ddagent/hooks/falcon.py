@@ -56,7 +56,8 @@ def _record_handled_exception(integration: Integration, app: Any, req: Any, resp
     span = request_span(getattr(req, "env", None) or {})
     if span is None or isinstance(exc, falcon.HTTPStatus):
         return None
-    if isinstance(exc, falcon.HTTPError) and (getattr(exc, "status_code", 500) or 500) < 500:
+    # HTTPError.status_code is Falcon 4's; Falcon 3 has only .status ("404 Not Found", an int...).
+    if isinstance(exc, falcon.HTTPError) and falcon.http_status_to_code(exc.status) < 500:
         return None
     span.set_exc_info(type(exc), exc, exc.__traceback__)
     return None  # no span of its own
