@@ -23,7 +23,6 @@ from tests.testagent import free_port, python_env
 
 MILLION_SPANS = textwrap.dedent('''
     import json
-    import resource
     import sys
     import time
 
@@ -31,9 +30,9 @@ MILLION_SPANS = textwrap.dedent('''
     from ddagent.tracer import Tracer
     from ddagent.writer.agent import AgentWriter
 
-    def rss_kib():
+    def rss_kib(field="VmRSS:"):
         with open("/proc/self/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+            return next(int(line.split()[1]) for line in status if line.startswith(field))
 
     tracer = Tracer(Config.from_env({"DD_SERVICE": "load"}))
     tracer.writer = writer = AgentWriter(sys.argv[1], timeout=2.0)
@@ -62,7 +61,9 @@ MILLION_SPANS = textwrap.dedent('''
     print(json.dumps({
         "created": created, "spans_per_second": 990_000 / elapsed, "slowest_trace": slowest,
         "baseline_kib": baseline_kib,
-        "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        # VmHWM, not ru_maxrss: Linux carries the maxrss of the forked copy of the parent
+        # (the whole pytest process) across exec, so ru_maxrss says nothing about this script.
+        "peak_kib": rss_kib("VmHWM:"),
         "stats": tracer.stats(),
     }))
 ''')
@@ -94,8 +95,8 @@ def test_a_million_spans_with_the_agent_unavailable(agent, fault_proxy, test_age
     assert stats.get("spans.sent", 0) + sum(dropped.values()) == report["created"]
     assert stats.get("spans.sent", 0) == 0
     # The buffer is capped at 8 MiB of encoded traces: the process never holds the million
-    # (about 600 MiB). Alone it grows ~20 MiB; more while other tests load the machine.
-    assert growth_mib < 128
+    # (about 600 MiB). It grows 15-25 MiB; the bound leaves room for a loaded machine.
+    assert growth_mib < 64
     # No trace waited for the agent (the writer's timeout is 2 s and the stall 120 s).
     assert report["slowest_trace"] < 1.0
 
