@@ -10,12 +10,8 @@ from __future__ import annotations
 
 import os
 import socket
-import threading
-from typing import Callable
 
 import pytest
-
-from ddagent import probes
 
 PG_HOST = os.environ.get("DDAGENT_TEST_PG_HOST", "127.0.0.1")
 PG_PORT = int(os.environ.get("DDAGENT_TEST_PG_PORT", "5432"))
@@ -56,49 +52,3 @@ def assert_query_span(span: dict, *, name: str, service: str, component: str, sy
     if not span["error"]:
         assert "db.row_count" in metrics
     assert_no_secret(span)
-
-
-def toggle_while_threads_query(name: str, query_once: Callable[[int], None],
-                               span_count: Callable[[], int], threads: int = 4) -> None:
-    """Threads keep querying on connections opened while traced, through disable and enable.
-
-    ``query_once(i)`` runs one query on thread ``i``'s connection (opened on its first call).
-    """
-    probes.enable(name)
-    errors: list[BaseException] = []
-    stop = threading.Event()
-    calls = [0] * threads
-
-    def worker(i: int) -> None:
-        try:
-            while not stop.is_set():
-                query_once(i)
-                calls[i] += 1
-        except BaseException as exc:
-            errors.append(exc)
-
-    def each_thread_completes_calls(n: int = 3) -> None:
-        start = list(calls)
-        while any(calls[i] < start[i] + n for i in range(threads)) and not errors:
-            stop.wait(0.01)
-
-    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-    for t in workers:
-        t.start()
-    try:
-        each_thread_completes_calls()
-        assert span_count() > 0
-        probes.disable(name)
-        each_thread_completes_calls()
-        while_disabled = span_count()
-        each_thread_completes_calls()
-        assert span_count() == while_disabled
-        probes.enable(name)
-        each_thread_completes_calls()
-        assert span_count() > while_disabled
-    finally:
-        stop.set()
-        for t in workers:
-            t.join()
-        probes.disable(name)
-    assert errors == []

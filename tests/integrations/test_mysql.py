@@ -16,8 +16,8 @@ from tests.integrations._sqldb import (
     assert_no_secret,
     assert_query_span,
     require_server,
-    toggle_while_threads_query,
 )
+from tests.integrations._toggling import toggle_while_threads_call
 from tests.integrations.conftest import spans_named
 
 
@@ -196,7 +196,7 @@ def test_disable_while_threads_query(driver, list_writer):
         cur.close()
 
     try:
-        toggle_while_threads_query(driver.integration, query_once, list_writer.count)
+        toggle_while_threads_call(driver.integration, query_once, list_writer.count)
     finally:
         for conn in connections.values():
             conn.close()

@@ -17,8 +17,8 @@ from tests.integrations._sqldb import (
     assert_no_secret,
     assert_query_span,
     require_server,
-    toggle_while_threads_query,
 )
+from tests.integrations._toggling import toggle_while_threads_call
 from tests.integrations.conftest import enabled, spans_named
 
 DRIVERS = ["psycopg2", "psycopg"]
@@ -242,7 +242,7 @@ def test_disable_while_threads_query(driver, list_writer):
         assert cur.fetchone() == (i,)
 
     try:
-        toggle_while_threads_query("psycopg", query_once, list_writer.count)
+        toggle_while_threads_call("psycopg", query_once, list_writer.count)
     finally:
         for conn in connections.values():
             conn.close()

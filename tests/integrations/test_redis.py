@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 import redis
 import redis.cluster
@@ -14,6 +12,7 @@ from ddagent.hooks import rewrite
 from ddagent.pin import Pin
 from ddagent.stats import STATS
 from tests.integrations import servers
+from tests.integrations._toggling import toggle_while_threads_call
 from tests.integrations.conftest import enabled, spans_named
 
 PROBED = [Redis.execute_command, redis.client.Pipeline.execute,
@@ -118,54 +117,22 @@ def test_a_method_stored_before_instrumentation_is_traced(client, list_writer):
 
 def test_disable_while_threads_call_redis(redis_url, list_writer):
     """Eight threads keep calling Redis while the integration is switched off and on again."""
-    probes.enable("redis")
-    errors: list[BaseException] = []
-    stop = threading.Event()
-    calls = [0] * 8
+    clients = [Redis.from_url(redis_url) for _ in range(8)]
 
-    def worker(i: int) -> None:
-        c = Redis.from_url(redis_url)
-        try:
-            while not stop.is_set():
-                c.set(f"ddagent:t{i}", i)
-                assert c.get(f"ddagent:t{i}") == str(i).encode()
-                calls[i] += 1
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            c.close()
+    def set_and_get(i: int) -> None:
+        clients[i].set(f"ddagent:t{i}", i)
+        assert clients[i].get(f"ddagent:t{i}") == str(i).encode()
 
-    def each_thread_completes_calls(n: int = 2) -> None:
-        # Any call entered before a switch has returned once every thread made n more calls.
-        start = list(calls)
-        while any(calls[i] < start[i] + n for i in range(8)) and not errors:
-            stop.wait(0.01)
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    try:
-        each_thread_completes_calls()
-        assert list_writer.count() > 0
-
-        probes.disable("redis")
-        assert [f.__code__ for f in PROBED] == ORIGINAL_CODE
+    def original_code_is_back() -> None:
         assert all(f.__code__ is c for f, c in zip(PROBED, ORIGINAL_CODE))
-        each_thread_completes_calls()
-        while_disabled = list_writer.count()
-        each_thread_completes_calls()
-        assert list_writer.count() == while_disabled
 
-        probes.enable("redis")
-        each_thread_completes_calls()
-        assert list_writer.count() > while_disabled
+    try:
+        toggle_while_threads_call("redis", set_and_get, list_writer.count, threads=8,
+                                  check_disabled=original_code_is_back)
     finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        probes.disable("redis")
-    assert errors == []
-    assert all(f.__code__ is c for f, c in zip(PROBED, ORIGINAL_CODE))
+        for client in clients:
+            client.close()
+    original_code_is_back()
 
 
 def test_disabled_redis_costs_nothing_and_reports_status():

@@ -13,8 +13,8 @@ from tests.integrations._sqldb import (
     PG_PORT,
     assert_query_span,
     require_server,
-    toggle_while_threads_query,
 )
+from tests.integrations._toggling import toggle_while_threads_call
 
 sqlalchemy = pytest.importorskip("sqlalchemy")
 
@@ -158,7 +158,7 @@ def test_disable_while_threads_query(engine_spec, list_writer):
         def sqlalchemy_spans() -> int:
             return sum(1 for s in list_writer.spans if s.meta.get("component") == "sqlalchemy")
 
-        toggle_while_threads_query("sqlalchemy", query_once, sqlalchemy_spans)
+        toggle_while_threads_call("sqlalchemy", query_once, sqlalchemy_spans)
     finally:
         probes.disable(engine_spec["integration"])
         engine.dispose()

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sqlite3
 import sqlite3.dbapi2
-import threading
 
 import pytest
 
 from ddagent import probes
 from ddagent.pin import Pin
+from tests.integrations._toggling import toggle_while_threads_call
 from tests.integrations.conftest import enabled, spans_named
 
 ORIGINAL_CONNECT = sqlite3.connect
@@ -94,46 +94,14 @@ def test_disable_while_threads_query(list_writer):
     """Eight threads keep querying (on connections opened while traced) through a disable."""
     probes.enable("sqlite3")
     assert sqlite3.connect is not ORIGINAL_CONNECT
-    errors: list[BaseException] = []
-    stop = threading.Event()
-    calls = [0] * 8
+    connections = [sqlite3.connect(":memory:", check_same_thread=False) for _ in range(8)]
 
-    def worker(i: int) -> None:
-        try:
-            conn = sqlite3.connect(":memory:", check_same_thread=False)
-            while not stop.is_set():
-                assert conn.execute("select ?", (i,)).fetchone() == (i,)
-                calls[i] += 1
-        except BaseException as exc:
-            errors.append(exc)
+    def select(i: int) -> None:
+        assert connections[i].execute("select ?", (i,)).fetchone() == (i,)
 
-    def each_thread_completes_calls(n: int = 2) -> None:
-        start = list(calls)
-        while any(calls[i] < start[i] + n for i in range(8)) and not errors:
-            stop.wait(0.01)
+    def original_connect_is_back() -> None:
+        assert sqlite3.connect is ORIGINAL_CONNECT and sqlite3.dbapi2.connect is ORIGINAL_CONNECT
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    try:
-        each_thread_completes_calls()
-        assert list_writer.count() > 0
-
-        probes.disable("sqlite3")
-        assert sqlite3.connect is ORIGINAL_CONNECT
-        assert sqlite3.dbapi2.connect is ORIGINAL_CONNECT
-        each_thread_completes_calls()
-        while_disabled = list_writer.count()
-        each_thread_completes_calls()
-        assert list_writer.count() == while_disabled
-
-        probes.enable("sqlite3")
-        each_thread_completes_calls()
-        assert list_writer.count() > while_disabled
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-        probes.disable("sqlite3")
-    assert errors == []
-    assert sqlite3.connect is ORIGINAL_CONNECT and sqlite3.dbapi2.connect is ORIGINAL_CONNECT
+    toggle_while_threads_call("sqlite3", select, list_writer.count, threads=8,
+                              check_disabled=original_connect_is_back)
+    original_connect_is_back()

@@ -10,7 +10,6 @@ import os
 
 import pytest
 
-from ddagent.stats import STATS
 from tests.reliability.faultproxy import FaultProxy
 
 
@@ -38,21 +37,6 @@ def fault_proxy(test_agent):
     proxy = FaultProxy(test_agent.port)
     yield proxy
     proxy.close()
-
-
-class StatsDelta:
-    """STATS counters relative to when this object was made (STATS is process-wide)."""
-
-    def __init__(self) -> None:
-        self.before = STATS.snapshot()
-
-    def __getitem__(self, name: str) -> int:
-        return STATS.get(name) - self.before.get(name, 0)
-
-    def dropped(self) -> dict[str, int]:
-        now = STATS.snapshot()
-        return {name: now[name] - self.before.get(name, 0) for name in now
-                if name.startswith("spans.dropped.") and now[name] != self.before.get(name, 0)}
 
 
 def rss_kib() -> int:

@@ -19,7 +19,8 @@ from ddagent.config import Config
 from ddagent.context import ACTIVE_SPAN
 from ddagent.tracer import Tracer
 from ddagent.writer.agent import AgentWriter
-from tests.reliability.conftest import StatsDelta, rss_kib
+from tests.counters import StatsDelta
+from tests.reliability.conftest import rss_kib
 from tests.reliability.faultproxy import Fault
 
 AGENT_TIMEOUT = 0.5  # the writer's timeout; STALL lasts longer than it

@@ -19,7 +19,7 @@ from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks import registry
 from ddagent.tracer import Tracer
 from ddagent.writer.agent import AgentWriter
-from tests.reliability.conftest import StatsDelta
+from tests.counters import StatsDelta
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ import pytest
 
 from ddagent.config import Config
 from ddagent.tracer import Tracer
-from tests.reliability.conftest import StatsDelta
+from tests.counters import StatsDelta
 from tests.reliability.faultproxy import Fault
 from tests.testagent import free_port, python_env
 

@@ -10,8 +10,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ddagent.stats import STATS
-
 
 @dataclass
 class FakeSpan:
@@ -43,24 +41,6 @@ def make_trace(spans: int = 2, service: str = "writer-test", **root_attrs: objec
         trace.append(FakeSpan(trace_id, new_id(), trace[-1].span_id, name=f"child{i}",
                               service=service))
     return trace
-
-
-class StatsDelta:
-    """STATS counters relative to when this object was made (STATS is process-wide)."""
-
-    def __init__(self) -> None:
-        self.before = STATS.snapshot()
-
-    def __getitem__(self, name: str) -> int:
-        return STATS.get(name) - self.before.get(name, 0)
-
-    def dropped(self) -> dict[str, int]:
-        now = STATS.snapshot()
-        return {
-            name: now[name] - self.before.get(name, 0)
-            for name in now
-            if name.startswith("spans.dropped.") and now[name] != self.before.get(name, 0)
-        }
 
 
 class LocalAgent:

@@ -11,8 +11,9 @@ import msgpack
 
 from ddagent.version import __version__
 from tests import testagent
+from tests.counters import StatsDelta
 from tests.testagent import TestAgent
-from tests.writer.helpers import StatsDelta, make_trace
+from tests.writer.helpers import make_trace
 
 
 def trace_requests(test_agent: TestAgent) -> list[dict]:

@@ -11,8 +11,9 @@ import subprocess
 import threading
 import time
 
+from tests.counters import StatsDelta
 from tests.testagent import PYTHON, free_port, python_env
-from tests.writer.helpers import StatsDelta, make_trace, wait_until
+from tests.writer.helpers import make_trace, wait_until
 
 
 def nothing_listening() -> str:
