@@ -21,24 +21,11 @@ import pytest
 from ddagent import summary
 from ddagent.config import Config
 from ddagent.tracer import Tracer
+from tests.listwriter import ListWriter
 from tests.testagent import REPO
 
 UNREACHABLE = "http://127.0.0.1:9"  # nothing listens on the discard port
 HEADLINE = re.compile(r"^ddagent: \d+ traces?, \d+ spans?, \d+ errors?", re.MULTILINE)
-
-
-class ListWriter:
-    def __init__(self) -> None:
-        self.chunks: list[list] = []
-
-    def write(self, spans) -> None:
-        self.chunks.append(list(spans))
-
-    def flush(self, timeout=None) -> bool:
-        return True
-
-    def stop(self, timeout=None) -> None:
-        pass
 
 
 class Terminal(io.StringIO):

@@ -12,7 +12,8 @@ import ddagent
 from ddagent import Span, Tracer
 from ddagent.sampler import RateSampler
 from ddagent.stats import STATS
-from tests.core.conftest import ListWriter, make_tracer
+from tests.core.conftest import make_tracer
+from tests.listwriter import ListWriter
 
 
 def test_public_api() -> None:

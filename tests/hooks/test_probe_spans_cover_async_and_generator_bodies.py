@@ -13,6 +13,7 @@ import pytest
 from ddagent import probes
 from ddagent.hooks import registry, rewrite, wrappers
 from ddagent.tracer import tracer
+from tests.listwriter import ListWriter
 
 BODYLIB = '''
 import asyncio
@@ -66,20 +67,6 @@ integration = Integration(
             for name in ("fetch", "broken", "count", "stream")],
 )
 '''
-
-
-class ListWriter:
-    def __init__(self) -> None:
-        self.spans: list = []
-
-    def write(self, spans: list) -> None:
-        self.spans.extend(spans)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def stop(self, timeout: float | None = None) -> None:
-        pass
 
 
 @pytest.fixture(params=["rewrite", "wrapt fallback"])

@@ -15,6 +15,7 @@ from ddagent.hooks import registry, rewrite, wrappers
 from ddagent.hooks.registry import PatchError
 from ddagent.stats import STATS
 from ddagent.tracer import tracer
+from tests.listwriter import ListWriter
 
 TOYLIB = '''
 class Base:
@@ -57,20 +58,6 @@ integration = Integration(
     ],
 )
 '''
-
-
-class ListWriter:
-    def __init__(self) -> None:
-        self.spans: list = []
-
-    def write(self, spans: list) -> None:
-        self.spans.extend(spans)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def stop(self, timeout: float | None = None) -> None:
-        pass
 
 
 @pytest.fixture

@@ -2,36 +2,13 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from ddagent import probes
 from ddagent.hooks import rewrite
 from ddagent.tracer import tracer as global_tracer
 from ddagent.writer.agent import AgentWriter
-
-
-class ListWriter:
-    """Keeps written spans in memory (for tests that count spans rather than inspect payloads)."""
-
-    def __init__(self) -> None:
-        self.spans: list = []
-        self._lock = threading.Lock()
-
-    def write(self, spans: list) -> None:
-        with self._lock:
-            self.spans.extend(spans)
-
-    def count(self) -> int:
-        with self._lock:
-            return len(self.spans)
-
-    def flush(self, timeout: float | None = None) -> bool:
-        return True
-
-    def stop(self, timeout: float | None = None) -> None:
-        pass
+from tests.listwriter import ListWriter
 
 
 @pytest.fixture
