@@ -13,7 +13,7 @@ from ddagent._logging import get_logger
 
 log = get_logger("ddagent.pin")
 
-_PIN_ATTR = "_datadog_pin"
+PIN_ATTR = "_datadog_pin"  # where a Pin is stored (hooks/registry.py reads it directly)
 
 
 class Pin:
@@ -52,7 +52,7 @@ class Pin:
     @staticmethod
     def get_from(obj: Any) -> Optional[Pin]:
         """The Pin of ``obj`` (its own, or its class's), or None."""
-        pin: Optional[Pin] = getattr(obj, _PIN_ATTR, None)
+        pin: Optional[Pin] = getattr(obj, PIN_ATTR, None)
         if pin is not None:
             return pin
         get = getattr(obj, "__getddpin__", None)
@@ -92,7 +92,7 @@ class Pin:
             if setter is not None:
                 setter(self)
             else:
-                setattr(obj, _PIN_ATTR, self)
+                setattr(obj, PIN_ATTR, self)
         except (AttributeError, TypeError):
             log.debug("ddagent: cannot attach a pin to %r", obj, exc_info=True)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import functools
 import importlib
 import importlib.util
+import math
 import os
 import sys
 import threading
@@ -45,9 +46,11 @@ from ddagent._logging import DEBUG, ERROR, WARNING, RateLimitedLog, get_logger
 from ddagent.config import env_bool, parse_switches
 from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks import finder
+from ddagent.pin import PIN_ATTR
 from ddagent.stats import STATS
 
 log = get_logger(__name__)
+_isfinite = math.isfinite
 _rate_limited = RateLimitedLog(log)
 
 Undo = Callable[[], None]
@@ -98,6 +101,39 @@ class Probe(Protocol):
         """Instrument ``module``; return how to undo it (None: nothing was done)."""
 
 
+class SpanTags:
+    """Tags and metrics converted to their wire types (str, finite float) once, to be copied
+    onto many spans with one ``dict.update`` each (see :meth:`Integration.start_span`)."""
+
+    __slots__ = ("meta", "metrics")
+
+    def __init__(self) -> None:
+        self.meta: dict[str, str] = {}
+        self.metrics: dict[str, float] = {}
+
+    def update(self, tags: Mapping[str, Any] | None = None,
+               metrics: Mapping[str, Any] | None = None) -> None:
+        """Add ``tags`` and ``metrics`` (None values skipped; the rest as Span.set_tag and
+        Span.set_metric keep them: values that cannot be converted are dropped)."""
+        for key, value in (tags or {}).items():
+            if value is not None:
+                try:
+                    self.meta[key] = value if type(value) is str else str(value)
+                except Exception:
+                    log.debug("ddagent: cannot stringify the value of tag %r", key, exc_info=True)
+        for key, value in (metrics or {}).items():
+            if value is None:
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError, OverflowError):
+                log.debug("ddagent: dropping metric %r: a %s is not a number", key,
+                          type(value).__name__)
+                continue
+            if math.isfinite(number):
+                self.metrics[key] = number
+
+
 class Integration:
     """One library's instrumentation: its probes and how its spans are named and tagged.
 
@@ -128,6 +164,7 @@ class Integration:
         self._service_env_keys = tuple(map(encode, self._service_env_vars))
         # Read by every probe call without a lock: a plain bool flips atomically.
         self.enabled = False
+        self._preset = self.span_tags()
         self._undo: list[Undo] = []
         self._watching = False
 
@@ -150,37 +187,73 @@ class Integration:
         span_type: str | None = None,
         tags: Mapping[str, Any] | None = None,
         metrics: Mapping[str, Any] | None = None,
+        preset: SpanTags | None = None,
     ) -> Any:
         """Start and activate this integration's span for a call on ``pin_from``.
 
         Returns None when the call must not be traced (the Pin or the tracer is disabled).
         ``service`` overrides the Pin's and the configured service (Django names its database
-        spans after the connection alias). Tags and metrics whose value is None are skipped.
+        spans after the connection alias). ``preset`` (from :meth:`span_tags`) holds the tags
+        that are the same for every call on one client or connection; ``tags`` and ``metrics``
+        the per-call ones, whose None values are skipped. A Pin's tags come last.
         """
-        pin = (_PIN or _pin_class()).get_from(pin_from)
-        tracer = (pin.tracer if pin is not None else None) or global_tracer()
-        if pin is not None and not pin.enabled():
-            return None
-        if not tracer.enabled:
-            return None
-        if service is None:
-            service = (pin.service if pin is not None else None) or self._configured_service()
+        # Pin.get_from, Pin.enabled and global_tracer, inlined: three Python calls less per span.
+        pin = getattr(pin_from, PIN_ATTR, None)
+        if pin is None:
+            get_pin = getattr(pin_from, "__getddpin__", None)
+            if get_pin is not None:
+                pin = get_pin()
+        if pin is None:
+            tracer = (_TRACER_MODULE or _tracer_module()).tracer
+            if not tracer.enabled:
+                return None
+            if service is None:
+                service = self._configured_service()
+        else:
+            tracer = pin.tracer
+            if not tracer or not tracer.enabled:
+                return None
+            if service is None:
+                service = pin.service or self._configured_service()
         span = tracer.trace(name, service=service, resource=resource, span_type=span_type)
-        meta = span.meta  # component and span_kind are strs: set_tag's conversion is not needed
-        meta["component"] = self.component
-        if self.span_kind:
-            meta["span.kind"] = self.span_kind
-        span.metrics["_dd.measured"] = 1.0  # a float, as set_metric would store it
-        for key, value in (tags or {}).items():
-            if value is not None:
-                span.set_tag(key, value)
-        for key, value in (metrics or {}).items():
-            if value is not None:
-                span.set_metric(key, value)
+        if preset is None:
+            preset = self._preset
+        # Already converted (str tags, float metrics): two dict updates, no set_tag per tag.
+        span.meta.update(preset.meta)
+        span.metrics.update(preset.metrics)
+        if tags:
+            meta = span.meta
+            for key, value in tags.items():
+                if type(value) is str:  # set_tag would store it as it is
+                    meta[key] = value
+                elif value is not None:
+                    span.set_tag(key, value)
+        if metrics:
+            span_metrics = span.metrics
+            for key, value in metrics.items():
+                if type(value) is float and _isfinite(value):  # set_metric would keep it as is
+                    span_metrics[key] = value
+                elif value is not None:
+                    span.set_metric(key, value)
         if pin is not None and pin.tags:
             for key, value in pin.tags.items():
                 span.set_tag(key, value)
         return span
+
+    def span_tags(self, tags: Mapping[str, Any] | None = None,
+                  metrics: Mapping[str, Any] | None = None) -> SpanTags:
+        """This integration's fixed tags (``component``, ``span.kind``, ``_dd.measured``) plus
+        ``tags`` and ``metrics``, converted once, for :meth:`start_span`'s ``preset``.
+
+        Values are converted as ``Span.set_tag``/``set_metric`` would; None values are skipped.
+        """
+        preset = SpanTags()
+        preset.meta["component"] = self.component
+        if self.span_kind:
+            preset.meta["span.kind"] = self.span_kind
+        preset.metrics["_dd.measured"] = 1.0
+        preset.update(tags, metrics)
+        return preset
 
     def start_child_span(self, name: str, *, resource: str | None = None,
                          span_type: str | None = None) -> Any:
@@ -209,12 +282,15 @@ class Integration:
         environ = os.environ
         data = getattr(environ, "_data", None)
         if data is None:  # os.environ replaced by a plain mapping
-            values = map(environ.get, self._service_env_vars)
+            for name in self._service_env_vars:
+                value = environ.get(name)
+                if value:
+                    return value
         else:
-            values = map(environ.decodevalue, filter(None, map(data.get, self._service_env_keys)))
-        for value in values:
-            if value:
-                return value
+            for key in self._service_env_keys:
+                value = data.get(key)
+                if value:  # b"" decodes to "": skipped either way
+                    return environ.decodevalue(value)
         return self.service
 
     # -- the guarded probe protocol (used by rewrite hooks, wrappers and dbapi proxies) -----
@@ -583,17 +659,15 @@ def status() -> list[dict[str, Any]]:
 
 # -- the core, looked up at call time (ddagent's __init__ imports this module) --------------
 
+_TRACER_MODULE: Any = None  # ddagent.tracer once looked up (a module lookup less per span)
+
+
+def _tracer_module() -> Any:
+    global _TRACER_MODULE
+    _TRACER_MODULE = sys.modules.get("ddagent.tracer") or importlib.import_module("ddagent.tracer")
+    return _TRACER_MODULE
+
+
 def global_tracer() -> Any:
     """``ddagent.tracer``, the global tracer, as it is now (tests may replace its writer)."""
-    module = sys.modules.get("ddagent.tracer") or importlib.import_module("ddagent.tracer")
-    return module.tracer
-
-
-_PIN: Any = None  # ddagent.pin.Pin once looked up (a module lookup less per traced call)
-
-
-def _pin_class() -> Any:
-    global _PIN
-    module = sys.modules.get("ddagent.pin") or importlib.import_module("ddagent.pin")
-    _PIN = module.Pin
-    return _PIN
+    return (_TRACER_MODULE or _tracer_module()).tracer

@@ -278,3 +278,53 @@ def test_status_lists_every_seed_library(monkeypatch):
     assert rows["redis"]["implemented"] and rows["redis"]["installed"]
     assert not rows["futurelib"]["implemented"] and not rows["futurelib"]["installed"]
     assert rows["sqlite3"]["version"] == sqlite3.sqlite_version
+
+
+def test_start_span_tags_presets_then_call_tags_then_pin_tags(written):
+    from ddagent.hooks.registry import Integration
+    from ddagent.pin import Pin
+
+    class Target:
+        pass
+
+    integration = Integration("toy", service="toy-service", probes=[])
+    preset = integration.span_tags({"peer": "db1", "port_text": 5432, "gone": None},
+                                   {"port": 5432, "nan": float("nan"), "text": "x", "none": None})
+    assert preset.meta == {"component": "toy", "span.kind": "client", "peer": "db1",
+                           "port_text": "5432"}
+    assert preset.metrics == {"_dd.measured": 1.0, "port": 5432.0}
+    assert all(type(v) is float for v in preset.metrics.values())
+
+    target = Target()
+    Pin.override(target, service="pinned", tags={"peer": "from-pin"})
+    span = integration.start_span(target, "toy.call", preset=preset,
+                                  tags={"call": "a", "n": 3, "skip": None},
+                                  metrics={"rows": 2, "f": 1.5, "inf": float("inf"), "s": None})
+    # Read before finish(): a finished root also carries the trace's own tags.
+    assert span.service == "pinned"
+    assert span.meta == {"component": "toy", "span.kind": "client", "peer": "from-pin",
+                         "port_text": "5432", "call": "a", "n": "3"}
+    assert span.metrics == {"_dd.measured": 1.0, "port": 5432.0, "rows": 2.0, "f": 1.5}
+    span.finish()
+
+    plain = integration.start_span(Target(), "toy.call")  # no Pin, no preset: the defaults
+    assert plain.service == "toy-service"
+    assert plain.meta == {"component": "toy", "span.kind": "client"}
+    assert plain.metrics == {"_dd.measured": 1.0}
+    plain.finish()
+
+
+def test_start_span_respects_a_disabled_pin_tracer(written):
+    from ddagent.hooks.registry import Integration
+    from ddagent.pin import Pin
+    from ddagent.tracer import Tracer
+
+    class Target:
+        pass
+
+    integration = Integration("toy", service="toy-service", probes=[])
+    other = Tracer()
+    other.enabled = False
+    target = Target()
+    Pin.override(target, tracer=other)
+    assert integration.start_span(target, "toy.call") is None
