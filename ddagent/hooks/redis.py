@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from ddagent.hooks._common import text as _text
-from ddagent.hooks.registry import FunctionProbe, Integration
+from ddagent.hooks.registry import FunctionProbe, Integration, SpanTags
 
 ARG_MAX_LENGTH = 100
 COMMAND_MAX_LENGTH = 1000
@@ -29,16 +29,18 @@ TOO_LONG = "..."
 
 
 def _command_span(integration: Integration, client: Any, args: tuple, options: dict) -> Any:
+    parts = _texts(args)
     return integration.start_span(
-        client, "redis.command", resource=_text(args[0]) if args else "", span_type="redis",
-        tags={"redis.raw_command": _raw_command(args), **_peer_tags(client)},
-        metrics={"redis.args_length": len(args), **_peer_metrics(client)},
+        client, "redis.command", resource=parts[0] if parts else "", span_type="redis",
+        tags={"redis.raw_command": _raw_command(parts)},
+        metrics={"redis.args_length": float(len(args))}, preset=_peer(integration, client),
     )
 
 
 def _record_hit(span: Any, result: Any, client: Any, args: tuple, options: dict) -> None:
-    if args and _text(args[0]).upper() == "GET":
-        span.set_metric("db.row_count", 0 if result is None else 1)
+    # The resource is the command's name as text (see _command_span).
+    if span.resource.upper() == "GET":
+        span.metrics["db.row_count"] = 0.0 if result is None else 1.0  # set_metric's float
 
 
 def _pipeline_span(integration: Integration, pipeline: Any, *_execute_options: Any) -> Any:
@@ -46,9 +48,8 @@ def _pipeline_span(integration: Integration, pipeline: Any, *_execute_options: A
     return integration.start_span(
         pipeline, "redis.command", span_type="redis",
         resource="\n".join(_text(args[0]) for args in commands if args),
-        tags={"redis.raw_command": "\n".join(_raw_command(args) for args in commands),
-              **_peer_tags(pipeline)},
-        metrics={"redis.pipeline_length": len(commands), **_peer_metrics(pipeline)},
+        tags={"redis.raw_command": "\n".join(_raw_command(_texts(args)) for args in commands)},
+        metrics={"redis.pipeline_length": len(commands)}, preset=_peer(integration, pipeline),
     )
 
 
@@ -65,40 +66,64 @@ def _queued_commands(pipeline: Any) -> list[tuple]:
     return [command.args if hasattr(command, "args") else command[0] for command in queue]
 
 
-def _connection_kwargs(client: Any) -> dict | None:
+# The peer tags of each (integration, host, port, db) seen, converted once: a client's pool
+# settings are read per call (they may change) but its tags are not rebuilt, nor set one by one.
+_PEERS: dict[tuple, SpanTags] = {}
+_PEERS_MAX = 256  # a process talks to few Redis servers; past this the cache starts over
+
+
+def _peer(integration: Integration, client: Any) -> SpanTags:
+    """The tags every command of ``client`` carries: ``db.system`` and, when the client has
+    one connection pool, the server's host, port and database."""
     pool = getattr(client, "connection_pool", None)  # None on cluster clients
-    return None if pool is None else pool.connection_kwargs
+    if pool is None:
+        key: tuple = (integration,)
+    else:
+        kwargs = pool.connection_kwargs
+        key = (integration, kwargs.get("host") or kwargs.get("path"), kwargs.get("port"),
+               kwargs.get("db") or 0)
+    try:
+        return _PEERS[key]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable setting: convert it for this call only
+        return _peer_tags(integration, key)
+    if len(_PEERS) >= _PEERS_MAX:
+        _PEERS.clear()
+    preset = _PEERS[key] = _peer_tags(integration, key)
+    return preset
 
 
-def _peer_tags(client: Any) -> dict:
-    kwargs = _connection_kwargs(client)
-    if kwargs is None:
-        return {"db.system": "redis"}
-    host = kwargs.get("host") or kwargs.get("path")
-    return {"db.system": "redis", "out.host": host, "server.address": host}
+def _peer_tags(integration: Integration, key: tuple) -> SpanTags:
+    if len(key) == 1:
+        return integration.span_tags({"db.system": "redis"})
+    _, host, port, db = key
+    return integration.span_tags({"db.system": "redis", "out.host": host, "server.address": host},
+                                 {"out.redis_db": db, "network.destination.port": port})
 
 
-def _peer_metrics(client: Any) -> dict:
-    kwargs = _connection_kwargs(client)
-    if kwargs is None:
-        return {}
-    return {"out.redis_db": kwargs.get("db") or 0, "network.destination.port": kwargs.get("port")}
+def _texts(args: tuple) -> list[str]:
+    """A command's arguments as text (most are str already: no call for those)."""
+    return [arg if type(arg) is str else _text(arg) for arg in args]
 
 
-def _raw_command(args: tuple) -> str:
-    """The command as text: each argument cut to ARG_MAX_LENGTH, the total to COMMAND_MAX_LENGTH."""
-    parts: list[str] = []
+def _raw_command(parts: list[str]) -> str:
+    """The command's text ``parts`` joined, each cut to ARG_MAX_LENGTH, the total to
+    COMMAND_MAX_LENGTH."""
+    joined = " ".join(parts)
+    if len(joined) <= ARG_MAX_LENGTH:  # no argument, nor the whole, is too long: the usual case
+        return joined
+    cut: list[str] = []
     length = 0
-    for arg in args:
-        text = _text(arg)
+    for text in parts:
         if len(text) > ARG_MAX_LENGTH:
             text = text[:ARG_MAX_LENGTH] + TOO_LONG
         if length + len(text) > COMMAND_MAX_LENGTH:
-            parts.append(text[: COMMAND_MAX_LENGTH - length] + TOO_LONG)
+            cut.append(text[: COMMAND_MAX_LENGTH - length] + TOO_LONG)
             break
-        parts.append(text)
+        cut.append(text)
         length += len(text)
-    return " ".join(parts)
+    return " ".join(cut)
 
 
 def _client_probes(module: str, client: str, pipeline: str, *, immediate: bool) -> list:

@@ -218,3 +218,14 @@ def test_cluster_commands_and_pipelines(redis_probes, cluster, agent_tracer, tes
     assert spans[4]["error"] == 1
     assert spans[4]["meta"]["error.type"] == "redis.exceptions.ResponseError"
     test_agent.assert_no_check_failures()
+
+
+def test_raw_command_cuts_arguments_and_the_whole():
+    from ddagent.hooks.redis import COMMAND_MAX_LENGTH, _raw_command, _texts
+
+    assert _raw_command(_texts(("GET", b"k\xff", 3, 1.5))) == "GET k\\xff 3 1.5"
+    assert _raw_command(_texts(("SET", "k", "v" * 101))) == "SET k " + "v" * 100 + "..."
+    many = _raw_command(_texts(("MSET", *["x" * 90] * 20)))
+    assert len(many) <= COMMAND_MAX_LENGTH + len(" ...") + 20 and many.endswith("...")
+    parts = many.split(" ")
+    assert parts[0] == "MSET" and all(len(p) <= 93 for p in parts)
