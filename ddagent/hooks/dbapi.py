@@ -32,6 +32,7 @@ driver span is made: one statement, one ``<vendor>.query`` span.
 from __future__ import annotations
 
 import contextvars
+import functools
 import sys
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, NamedTuple, Optional
 
@@ -41,7 +42,7 @@ from ddagent.hooks.wrappers import AroundProbe, WrapperProbe, call_probed, call_
 from ddagent.sql import normalize_query
 
 if TYPE_CHECKING:
-    from ddagent.hooks.registry import Integration, OnCall, OnReturn
+    from ddagent.hooks.registry import Integration, OnCall, OnReturn, SpanTags
 
 OUTER_QUERY_SPAN: contextvars.ContextVar[Any] = contextvars.ContextVar(
     "ddagent_outer_query_span", default=None)
@@ -122,8 +123,8 @@ class Database:
             "db.name": info.database,
             "db.user": info.user,
         }
-        metrics = {"network.destination.port": info.port}
-        context = _QueryContext(integration, self, tags, metrics)
+        preset = integration.span_tags(tags, {"network.destination.port": info.port})
+        context = _QueryContext(integration, self, tags, preset)
         return proxy_for(proxy_class or TracedConnection, connection, context)
 
 
@@ -169,19 +170,30 @@ class _Absent:
         raise AttributeError(self.name)
 
 
-_PROXY_CLASSES: dict[tuple[type, type], type] = {}  # one entry per driver class: bounded
+# At most two entries (with and without __getddpin__) per driver class: bounded.
+_PROXY_CLASSES: dict[tuple[type, type, bool], type] = {}
 
 
 def proxy_for(proxy_class: type, wrapped: Any, context: _QueryContext) -> Any:
     """A ``proxy_class`` proxy of ``wrapped``, without the traced methods ``wrapped`` lacks."""
-    key = (proxy_class, type(wrapped))
+    # Pin.get_from asks for __getddpin__ on every traced call. Through the proxy the usual miss
+    # would raise and catch an AttributeError in the driver's object (~1.8 us a query), so the
+    # driver object's answer is looked up once: proxies of objects without one get a class
+    # whose __getddpin__ is None (no call at all), the others one that returns it.
+    getddpin = getattr(wrapped, "__getddpin__", None)
+    key = (proxy_class, type(wrapped), getddpin is None)
     cls = _PROXY_CLASSES.get(key)
     if cls is None:
-        absent = {name: _Absent() for name in proxy_class._self_optional
-                  if not hasattr(type(wrapped), name)}
-        cls = type(proxy_class.__name__, (proxy_class,), absent) if absent else proxy_class
+        namespace: dict[str, Any] = {name: _Absent() for name in proxy_class._self_optional
+                                     if not hasattr(type(wrapped), name)}
+        if getddpin is None:
+            namespace["__getddpin__"] = None
+        cls = type(proxy_class.__name__, (proxy_class,), namespace) if namespace else proxy_class
         _PROXY_CLASSES[key] = cls
-    return cls(wrapped, context)
+    proxy = cls(wrapped, context)
+    if getddpin is not None:
+        proxy._self_getddpin = getddpin
+    return proxy
 
 
 class _QueryContext(NamedTuple):
@@ -189,22 +201,25 @@ class _QueryContext(NamedTuple):
 
     integration: Integration
     database: Database
-    tags: dict
-    metrics: dict
+    tags: dict  # as given, None values included (tag_connection keeps what is set here)
+    preset: SpanTags  # tags and metrics converted once, for Integration.start_span
 
 
 class _TracedProxy(wrapt.ObjectProxy):
     # A Pin set on the proxy stays on the proxy (C connections cannot hold attributes).
     _datadog_pin = None
 
+    # The same lookup as wrapt's own (the proxy's attributes, then the wrapped object's through
+    # ObjectProxy.__getattr__), but CPython calls it directly: wrapt's C __getattribute__,
+    # inherited by a Python subclass, is called through a new method-wrapper object at every
+    # attribute read, on the proxy's own ``_self_*`` attributes too (~10 per traced query).
+    __getattribute__ = object.__getattribute__
+
     def __init__(self, wrapped: Any, context: _QueryContext) -> None:
         super().__init__(wrapped)
         self._self_context = context
         self._self_query: Any = None  # the last query executed (a server cursor's fetches)
-        # Pin.get_from asks for __getddpin__ on every traced call. Through the proxy, the usual
-        # miss raises and catches an AttributeError in the driver's object (~1.8 us a query),
-        # so the driver object's answer is looked up once.
-        self._self_getddpin = getattr(wrapped, "__getddpin__", None)
+        self._self_getddpin: Any = None  # the wrapped object's __getddpin__ (see proxy_for)
 
     @property
     def __getddpin__(self) -> Any:
@@ -213,10 +228,17 @@ class _TracedProxy(wrapt.ObjectProxy):
     def _self_probe_args(self, method: str, query: Any, args: tuple,
                          kwargs: dict) -> tuple[Integration, OnCall, tuple, Callable, OnReturn]:
         """What ``call_probed`` needs to run ``method(query, ...)`` on the wrapped object."""
-        call = getattr(self.__wrapped__, method)
         self._self_query = query
+        # A partial, not a lambda: calling it costs no Python frame of its own.
         return (self._self_context.integration, _start_query_span, (self, query),
-                lambda: call(query, *args, **kwargs), _record_row_count)
+                functools.partial(getattr(self.__wrapped__, method), query, *args, **kwargs),
+                _record_row_count)
+
+    def _self_traced(self, method: str, query: Any, args: tuple, kwargs: dict) -> Any:
+        """``method(query, ...)`` on the wrapped object in a query span; the object itself
+        (execute() may return it) comes back as the proxy."""
+        result = call_probed(*self._self_probe_args(method, query, args, kwargs))
+        return self if result is self.__wrapped__ else result
 
     def _self_same(self, result: Any) -> Any:
         # execute() and __enter__ may return the object itself: hand back the proxy instead.
@@ -230,15 +252,13 @@ class TracedCursor(_TracedProxy):
                       "fetchmany", "fetchall")
 
     def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._self_same(call_probed(*self._self_probe_args("execute", query, args, kwargs)))
+        return self._self_traced("execute", query, args, kwargs)
 
     def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._self_same(
-            call_probed(*self._self_probe_args("executemany", query, args, kwargs)))
+        return self._self_traced("executemany", query, args, kwargs)
 
     def executescript(self, script: Any, *args: Any, **kwargs: Any) -> Any:
-        return self._self_same(
-            call_probed(*self._self_probe_args("executescript", script, args, kwargs)))
+        return self._self_traced("executescript", script, args, kwargs)
 
     def callproc(self, procname: Any, *args: Any, **kwargs: Any) -> Any:
         return call_probed(*self._self_probe_args("callproc", procname, args, kwargs))
@@ -345,16 +365,17 @@ def _start_query_span(integration: Integration, traced: _TracedProxy, query: Any
         return None
     context = traced._self_context
     span = integration.start_span(traced, context.database.span_name, span_type="sql",
-                                  tags=context.tags, metrics=context.metrics)
+                                  preset=context.preset)
     if span is not None:
-        span.resource = query_resource(query_text(query, traced.__wrapped__), span)
+        text = query if type(query) is str else query_text(query, traced.__wrapped__)
+        span.resource = query_resource(text, span)
     return span
 
 
 def _start_fetch_span(integration: Integration, cursor: TracedCursor, method: str) -> Any:
     context = cursor._self_context
     span = integration.start_span(cursor, f"{context.database.span_name}.{method}",
-                                  span_type="sql", tags=context.tags, metrics=context.metrics)
+                                  span_type="sql", preset=context.preset)
     if span is not None:
         span.resource = query_resource(query_text(cursor._self_query, cursor.__wrapped__), span)
     return span
@@ -369,7 +390,7 @@ def record_row_count(span: Any, cursor: Any) -> None:
     """Metric ``db.row_count`` = the DB-API cursor's ``rowcount``, when it has one."""
     rowcount = getattr(cursor, "rowcount", None)
     if isinstance(rowcount, int):
-        span.set_metric("db.row_count", rowcount)
+        span.metrics["db.row_count"] = float(rowcount)  # as set_metric stores it; always finite
 
 
 def _record_fetched_rows(span: Any, rows: Any, cursor: TracedCursor, method: str) -> None:
@@ -391,8 +412,9 @@ def tag_connection(cursor: Any, tags: Mapping[str, Any]) -> bool:
     context = cursor._self_context
     if not context.integration.enabled:
         return False
-    for key, value in tags.items():
-        context.tags.setdefault(key, value)
+    added = {key: value for key, value in tags.items() if key not in context.tags}
+    context.tags.update(added)
+    context.preset.update(added)
     return True
 
 

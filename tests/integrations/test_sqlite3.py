@@ -105,3 +105,21 @@ def test_disable_while_threads_query(list_writer):
     toggle_while_threads_call("sqlite3", select, list_writer.count, threads=8,
                               check_disabled=original_connect_is_back)
     original_connect_is_back()
+
+
+def test_tag_connection_adds_tags_to_later_spans_only_where_unset(sqlite_probes, list_writer):
+    from ddagent.hooks import dbapi
+
+    conn = sqlite3.connect(":memory:")
+    cursor = conn.cursor()
+    cursor.execute("select 1")
+    # "db.name" is known (as None) for sqlite connections: it stays unset.
+    assert dbapi.tag_connection(cursor, {"django.db.alias": "default", "db.name": "x"})
+    cursor.execute("select 2")
+    conn.cursor().execute("select 3")
+    first, second, third = list_writer.spans
+    assert "django.db.alias" not in first.meta
+    for span in (second, third):
+        assert span.meta["django.db.alias"] == "default"
+        assert "db.name" not in span.meta
+    assert not dbapi.tag_connection(object(), {"a": "b"})
