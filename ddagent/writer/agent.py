@@ -22,7 +22,13 @@ from typing import Any, Callable, Optional
 
 from ddagent._logging import RateLimitedLog
 from ddagent.stats import STATS
-from ddagent.writer.encoding import MAX_ARRAY_HEADER_SIZE, encode_trace, join_traces
+from ddagent.writer.encoding import (
+    MAX_ARRAY_HEADER_SIZE,
+    EncodingError,
+    encode_trace,
+    join_traces,
+    repair_trace,
+)
 from ddagent.writer.transport import AgentTransport, parse_rate_by_service
 
 log = logging.getLogger("ddagent.writer")
@@ -49,9 +55,10 @@ class _Batch:
 class _Failure(Exception):
     """A payload was not delivered; ``reason`` names the drop counter."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, status: Optional[int] = None) -> None:
         super().__init__(detail)
         self.reason = reason
+        self.status = status  # the agent's HTTP status, if it answered
 
 
 class AgentWriter:
@@ -248,30 +255,70 @@ class AgentWriter:
             self._in_flight = batch
             delivered = True
             for start, end in self._payload_bounds(batch.traces):
-                spans = sum(batch.span_counts[start:end])
-                try:
-                    self._send_payload(
-                        join_traces(batch.traces[start:end]), end - start, deadline, interrupt
-                    )
-                except _Failure as failure:
-                    # Its traceback holds _send_payload's frame, whose locals hold the failure
-                    # and the body: a cycle that would keep megabytes alive until a full GC.
-                    failure.__traceback__ = None
-                    if not self._settle(batch, spans):
-                        return False
-                    delivered = False
-                    STATS.incr("payloads.errors")
-                    STATS.incr(f"spans.dropped.{failure.reason}", spans)
-                    continue
-                if not self._settle(batch, spans):
+                outcomes = self._deliver(
+                    batch.traces[start:end], batch.span_counts[start:end], deadline, interrupt)
+                if not self._settle(batch, sum(batch.span_counts[start:end])):
                     return False
-                STATS.incr("payloads.sent")
-                STATS.incr("traces.sent", end - start)
-                STATS.incr("spans.sent", spans)
+                for reason, traces, spans in outcomes:
+                    if reason is None:
+                        STATS.incr("payloads.sent")
+                        STATS.incr("traces.sent", traces)
+                        STATS.incr("spans.sent", spans)
+                    else:
+                        # A trace dropped for its own bad values is not a delivery failure.
+                        if reason != "encoding":
+                            delivered = False
+                            STATS.incr("payloads.errors")
+                        STATS.incr(f"spans.dropped.{reason}", spans)
             return delivered
         finally:
             self._in_flight = None
             self._send_lock.release()
+
+    def _deliver(
+        self, traces: list[bytes], span_counts: list[int], deadline: float,
+        interrupt: Optional[threading.Event],
+    ) -> list[tuple[Optional[str], int, int]]:
+        """Send ``traces`` as one payload; what became of them as (drop reason or None for sent,
+        traces, spans).
+
+        A 400 may come from one span whose types the agent refuses (encoding is optimistic, see
+        ddagent/writer/encoding.py): the traces are then repaired and sent once more, without
+        the ones that cannot be repaired, so one bad span costs only its own trace."""
+        spans = sum(span_counts)
+        try:
+            self._send_payload(join_traces(traces), len(traces), deadline, interrupt)
+            return [(None, len(traces), spans)]
+        except _Failure as failure:
+            # Its traceback holds _send_payload's frame, whose locals hold the failure and the
+            # body: a cycle that would keep megabytes alive until a full GC.
+            failure.__traceback__ = None
+            if failure.status != 400:
+                return [(failure.reason, len(traces), spans)]
+            first_failure = failure
+        repaired, repaired_spans, problems = [], 0, []
+        for encoded, count in zip(traces, span_counts):
+            try:
+                repaired.append(repair_trace(encoded))
+                repaired_spans += count
+            except EncodingError as e:
+                problems.append(str(e))
+        if repaired == traces:  # the 400 was about something else
+            return [(first_failure.reason, len(traces), spans)]
+        outcomes: list[tuple[Optional[str], int, int]] = []
+        if problems:
+            self._log.log(logging.WARNING, "encoding",
+                          "dropping %d trace(s) the agent refused: %s", len(problems),
+                          "; ".join(sorted(set(problems))[:3]))
+            outcomes.append(("encoding", len(problems), spans - repaired_spans))
+        if repaired:
+            try:
+                self._send_payload(join_traces(repaired), len(repaired), deadline, interrupt)
+                outcomes.append((None, len(repaired), repaired_spans))
+            except _Failure as failure:
+                failure.__traceback__ = None
+                outcomes.append((failure.reason, len(repaired), repaired_spans))
+        return outcomes
 
     def _settle(self, batch: _Batch, spans: int) -> bool:
         """Claim the right to count ``spans`` of ``batch``; False once stop() counted them all."""
@@ -334,7 +381,7 @@ class AgentWriter:
         self._log.log(logging.WARNING, f"status_{status}",
                       "trace agent at %s%s answered %d: %s",
                       self.agent_url, self._transport.endpoint, status, detail)
-        return _Failure(reason, f"HTTP {status}")
+        return _Failure(reason, f"HTTP {status}", status)
 
     def _update_rates(self, body: bytes) -> None:
         if self.on_rate_by_service is None:

@@ -4,9 +4,20 @@ Each trace is encoded once, when it is buffered, so the buffer can be bounded in
 only concatenates the pre-encoded traces behind an array header. ``/v0.3/traces`` takes the very
 same body, so there is one encoder.
 
-Spans are duck-typed (see docs/architecture.md, "what the writer reads"); a span whose attributes
-have the wrong types raises :class:`EncodingError` rather than producing a body the agent rejects
-(one bad span would otherwise make the agent answer 400 for the whole payload).
+Encoding is optimistic, because it runs for every trace on the application's thread: the Span
+API already stores wire types (``set_tag`` makes strings, ``set_metric`` floats), so
+:func:`encode_trace` packs the fields as they are. Two kinds of bad values remain, both from code
+that writes a span's attributes or dicts by hand:
+
+- values msgpack cannot pack at all (an object, a 128-bit span id): ``encode_trace`` then
+  converts each field as :func:`wire_map` says, or raises :class:`EncodingError`;
+- values msgpack packs but the agent refuses (an int in ``meta``, a bool ``error``): the agent
+  answers 400 for the whole payload, and the writer then calls :func:`repair_trace` on each of its
+  traces, which converts what it can and raises EncodingError for the rest, so one bad span
+  costs only its own trace.
+
+Checking every field up front cost more than packing (callgrind, a single-span trace: the checks
+were 40% of encoding); the repair costs nothing until an agent refuses a payload.
 """
 
 from __future__ import annotations
@@ -76,93 +87,88 @@ def _metrics(metrics: object) -> dict[str, float]:
     return encoded
 
 
-def span_map(span: Any) -> dict[str, Any]:
-    """The v0.4 map of one span, with every field checked and converted to its wire type."""
-    error = span.error
+def wire_map(fields: dict[str, Any]) -> dict[str, Any]:
+    """The v0.4 map of one span from its raw field values (keyed by wire name), every field
+    checked and converted to its wire type. Raises EncodingError for what cannot be converted."""
+    error = fields["error"]
     if isinstance(error, bool):
         error = int(error)
-    if not span.span_id:
-        raise EncodingError("span_id must be non-zero")
+    parent_id = fields["parent_id"]
     return {
-        "trace_id": _check_int("trace_id", span.trace_id) & _UINT64_MAX,
-        "span_id": _span_id("span_id", span.span_id),
-        "parent_id": 0 if span.parent_id is None else _span_id("parent_id", span.parent_id),
-        "name": _check_str("name", span.name),
-        "service": _optional_str("service", span.service),
-        "resource": _optional_str("resource", span.resource),
-        "type": _optional_str("span_type", span.span_type),
-        "start": _check_int("start_ns", span.start_ns),
-        "duration": _check_int("duration_ns", span.duration_ns),
+        "trace_id": _check_int("trace_id", fields["trace_id"]) & _UINT64_MAX,
+        "span_id": _nonzero(_span_id("span_id", fields["span_id"])),
+        "parent_id": 0 if parent_id is None else _span_id("parent_id", parent_id),
+        "name": _check_str("name", fields["name"]),
+        "service": _optional_str("service", fields["service"]),
+        "resource": _optional_str("resource", fields["resource"]),
+        "type": _optional_str("span_type", fields["type"]),
+        "start": _check_int("start_ns", fields["start"]),
+        "duration": _check_int("duration_ns", fields["duration"]),
         "error": _check_int("error", error),
-        "meta": _meta(span.meta),
-        "metrics": _metrics(span.metrics),
+        "meta": _meta(fields["meta"]),
+        "metrics": _metrics(fields["metrics"]),
     }
 
 
-_FLOATS_ONLY = frozenset((float,))
+def _nonzero(span_id: int) -> int:
+    return span_id or _zero_span_id()
+
+
+def _zero_span_id() -> int:
+    raise EncodingError("span_id must be non-zero")
+
+
 _packers = threading.local()  # a Packer per thread (one is not thread-safe): no set-up per trace
 
 
 def encode_trace(spans: Iterable[Any]) -> bytes:
-    """One trace chunk as a msgpack array of span maps. Raises EncodingError on bad attributes.
-
-    The loop is the writer's hot path, so it checks a span's usual shape in one condition and
-    builds its map inline (about 2x cheaper per span than :func:`span_map`, measured on a trace
-    of 100 spans). Anything unusual (None ids, a str subclass, int metrics, a wrong type) goes
-    through :func:`span_map`, which converts it or raises the precise EncodingError.
-    """
-    maps = []
-    append = maps.append
-    for span in spans:
-        meta, metrics, span_id, parent_id = span.meta, span.metrics, span.span_id, span.parent_id
-        service, resource, span_type = span.service, span.resource, span.span_type
-        if parent_id is None:
-            parent_id = 0
-        if span_type is None:
-            span_type = ""
-        try:
-            # "".join raises TypeError unless every key (and meta value) is a str: C speed.
-            # Empty dicts skip the checks (most children of a trace have no metrics).
-            usual = (
-                type(meta) is dict and type(metrics) is dict
-                and (not meta or ("".join(meta) is not None
-                                  and "".join(meta.values()) is not None))
-                and (not metrics or ("".join(metrics) is not None
-                                     and _FLOATS_ONLY.issuperset(map(type, metrics.values()))))
-            )
-        except TypeError:
-            usual = False
-        if (
-            usual
-            and type(span_id) is int and 0 < span_id <= _UINT64_MAX
-            and type(parent_id) is int and 0 <= parent_id <= _UINT64_MAX
-            and type(span.trace_id) is int and type(span.name) is str
-            and type(service) is str and type(resource) is str and type(span_type) is str
-            and type(span.start_ns) is int and type(span.duration_ns) is int
-            and type(span.error) is int
-        ):
-            append({
-                "trace_id": span.trace_id & _UINT64_MAX, "span_id": span_id,
-                "parent_id": parent_id, "name": span.name, "service": service,
-                "resource": resource, "type": span_type, "start": span.start_ns,
-                "duration": span.duration_ns, "error": span.error, "meta": meta,
-                "metrics": metrics,
-            })
-        else:
-            append(span_map(span))
+    """One trace chunk as a msgpack array of span maps, the fields packed as they are (see the
+    module's docstring). Raises EncodingError on a value that cannot be converted."""
+    maps = [
+        {
+            # A zero span id is the one bad value checked here: it hangs the test agent, and
+            # the `or` costs nothing for the usual non-zero id.
+            "trace_id": span.trace_id & _UINT64_MAX, "span_id": span.span_id or _zero_span_id(),
+            "parent_id": span.parent_id or 0, "name": span.name,
+            "service": span.service or "", "resource": span.resource or "",
+            "type": span.span_type or "", "start": span.start_ns,
+            "duration": span.duration_ns, "error": span.error, "meta": span.meta,
+            "metrics": span.metrics,
+        }
+        for span in spans
+    ]
     try:
         pack = _packers.pack
     except AttributeError:
         # Exact types only: msgpack then skips its subclass checks (callgrind: 16.2k -> 13.4k
-        # instructions to pack a usual single-span trace). A str subclass, say, makes it raise
-        # TypeError, and the lenient packer below converts it.
+        # instructions to pack a usual single-span trace), and a str subclass, say, raises
+        # TypeError here and is converted below.
         pack = _packers.pack = msgpack.Packer(use_bin_type=True, strict_types=True).pack
     try:
         return pack(maps)
-    except TypeError:
+    except (TypeError, ValueError, OverflowError):
         pass
-    except (ValueError, OverflowError) as e:
-        raise EncodingError(f"msgpack cannot encode the trace: {e}") from e
+    # Rare: a value msgpack cannot pack as it is. The raw fields of a span are what the fast
+    # path read, except the two it replaced: a None parent id and None type.
+    return _pack_checked([wire_map(m) for m in maps])
+
+
+def repair_trace(encoded: bytes) -> bytes:
+    """``encoded`` (from :func:`encode_trace`) with every field converted to the type the agent
+    expects. Raises EncodingError when a field cannot be converted (an int ``meta`` value)."""
+    try:
+        maps = msgpack.unpackb(encoded, raw=False, strict_map_key=False)
+    except Exception as e:
+        raise EncodingError(f"not a msgpack trace: {e}") from e
+    if not isinstance(maps, list) or not all(isinstance(m, dict) for m in maps):
+        raise EncodingError("not an array of span maps")
+    try:
+        return _pack_checked([wire_map(m) for m in maps])
+    except KeyError as e:
+        raise EncodingError(f"a span has no {e.args[0]!r}") from e
+
+
+def _pack_checked(maps: list[dict[str, Any]]) -> bytes:
     try:
         return msgpack.packb(maps, use_bin_type=True)
     except (TypeError, ValueError, OverflowError) as e:

@@ -159,9 +159,10 @@ def test_any_span_fields_give_a_valid_payload_or_a_counted_drop(
                                max_size=4),
        span_id=st.integers(min_value=-2, max_value=2**65),
        start=st.one_of(st.integers(min_value=-2**70, max_value=2**70), st.floats()))
-def test_the_encoder_never_sends_what_the_agent_rejects(test_agent, meta, metrics, span_id,
-                                                        start):
-    """Spans filled behind the tracer's back (the writer duck-types them)."""
+def test_hand_filled_spans_are_sent_or_counted_and_never_upset_the_agent(
+        test_agent, meta, metrics, span_id, start):
+    """Spans filled behind the tracer's back (the writer duck-types them): what msgpack cannot
+    pack is dropped at once, what the agent refuses is repaired or dropped after its 400."""
     stats = StatsDelta()
     tracer = Tracer(Config.from_env({"DD_SERVICE": "encoder"}))
     writer = tracer.writer = AgentWriter(test_agent.url)

@@ -3,13 +3,19 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from ddagent.writer.encoding import EncodingError, array_header, encode_trace, join_traces
+from ddagent.writer.encoding import (
+    EncodingError,
+    array_header,
+    encode_trace,
+    join_traces,
+    repair_trace,
+)
 from ddagent.writer.transport import parse_rate_by_service
 from tests.writer.helpers import FakeSpan, make_trace
 
 
 def test_span_fields_have_the_agents_wire_types():
-    root, child = make_trace(2, span_type="web", meta={"k": "v"}, metrics={"m": 3, "b": True})
+    root, child = make_trace(2, span_type="web", meta={"k": "v"}, metrics={"m": 3.5})
     root.trace_id = (0x6B0BDAAA << 96) | 0xFFFF_0000_0000_0001  # 128-bit id
 
     decoded = msgpack.unpackb(encode_trace([root, child]))
@@ -21,10 +27,33 @@ def test_span_fields_have_the_agents_wire_types():
     assert wire_child["parent_id"] == root.span_id
     assert wire_root["type"] == "web" and wire_child["type"] == ""
     assert wire_root["meta"] == {"k": "v"}
-    assert wire_root["metrics"] == {"m": 3.0, "b": 1.0}
-    assert all(isinstance(v, float) for v in wire_root["metrics"].values())
+    assert wire_root["metrics"] == {"m": 3.5}
     assert (wire_root["start"], wire_root["duration"], wire_root["error"]) == (
         root.start_ns, root.duration_ns, 0)
+
+
+def test_repair_converts_what_the_agent_would_refuse():
+    (span,) = make_trace(1, metrics={"m": 3, "b": True})
+    span.error = True
+
+    (wire,) = msgpack.unpackb(repair_trace(encode_trace([span])))
+
+    assert wire["metrics"] == {"m": 3.0, "b": 1.0}
+    assert all(isinstance(v, float) for v in wire["metrics"].values())
+    assert wire["error"] == 1 and type(wire["error"]) is int
+
+
+def test_repair_keeps_a_good_trace_as_it_is():
+    trace = make_trace(3, meta={"k": "v"}, metrics={"m": 1.5})
+    assert msgpack.unpackb(repair_trace(encode_trace(trace))) == msgpack.unpackb(
+        encode_trace(trace))
+
+
+def test_repair_refuses_what_is_not_a_trace():
+    with pytest.raises(EncodingError):
+        repair_trace(b"\xc1")
+    with pytest.raises(EncodingError):
+        repair_trace(msgpack.packb([{"name": "no ids"}]))
 
 
 def test_none_service_and_resource_go_out_as_strings():
@@ -53,10 +82,12 @@ def test_none_service_and_resource_go_out_as_strings():
     ],
 )
 def test_bad_attribute_types_raise_encoding_error(attr, value):
+    # Either at once (msgpack cannot pack the value) or when the writer repairs the trace the
+    # agent refused.
     (span,) = make_trace(1)
     setattr(span, attr, value)
     with pytest.raises(EncodingError):
-        encode_trace([span])
+        repair_trace(encode_trace([span]))
 
 
 def test_a_span_missing_an_attribute_is_not_an_encoding_error_but_still_an_exception():
