@@ -5,6 +5,10 @@
   spans and collects finished ones. When the last open span finishes, or when many finished spans
   are waiting (partial flush), the finished spans leave as one chunk. The buffer also carries the
   trace-level state: sampling priority, propagated ``_dd.p.*`` tags, origin.
+- A root that is alone in its trace (most traces integrations make are single spans) has no
+  buffer of its own: it points at its registry's shared marker ``OpenTraces.lone`` and is sent
+  as a chunk of one when it finishes, without a buffer, a lock or a registration. It gets a real
+  buffer (:meth:`TraceBuffer.adopting`) as soon as a child starts or its trace state is needed.
 - :class:`OpenTraces` bounds how many traces may be open at once; the oldest is evicted (its
   waiting spans dropped and counted) when a new one would exceed the bound.
 - :class:`Context` is a trace continued from elsewhere (extracted from headers): a parent that is
@@ -97,6 +101,13 @@ class TraceBuffer:
                 victim.close("open_trace_evicted")
 
     @classmethod
+    def adopting(cls, root: Span, registry: OpenTraces) -> TraceBuffer:
+        """The buffer of a trace whose root was alone until now (see ``OpenTraces.lone``)."""
+        if root.finished:  # nothing left open: nothing to register, no root to remember
+            return cls(root.trace_id, registry)
+        return cls(root.trace_id, registry, root)
+
+    @classmethod
     def continuing(cls, parent: Context | TraceBuffer, registry: OpenTraces) -> TraceBuffer:
         """A new buffer for a trace that started elsewhere (another process or a closed buffer)."""
         trace = cls(parent.trace_id, registry)
@@ -176,6 +187,9 @@ class OpenTraces:
         self.partial_flush_min_spans = partial_flush_min_spans
         self._lock = threading.Lock()
         self._traces: dict[TraceBuffer, None] = {}  # insertion-ordered set
+        # The marker of roots alone in their trace. Never registered and never given spans;
+        # replaced in a forked child, where the old one is closed like every inherited buffer.
+        self.lone = TraceBuffer(0, self)
         _REGISTRIES.add(self)
 
     def add(self, trace: TraceBuffer) -> Optional[TraceBuffer]:
@@ -209,6 +223,8 @@ class OpenTraces:
         for trace in self._traces:
             trace._forget_after_fork()
         self._traces.clear()
+        self.lone._forget_after_fork()
+        self.lone = TraceBuffer(0, self)
 
 
 _REGISTRIES: weakref.WeakSet[OpenTraces] = weakref.WeakSet()

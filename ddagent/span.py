@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Optional
 
 from ddagent._logging import get_logger
 from ddagent.ext import errors
-from ddagent.ids import LOW_64, getrandbits, new_trace_id
+from ddagent.ids import LOW_64, getrandbits
 
 if TYPE_CHECKING:
     from ddagent.context import Context, TraceBuffer
@@ -58,24 +58,27 @@ class Span:
         self.service = service
         self.resource = name if resource is None else resource
         self.span_type = span_type
-        self.trace_id = trace_id or new_trace_id()
-        self.span_id = span_id or getrandbits(64) or 1  # ids.new_span_id, inlined
+        if start is None:
+            start_ns = self.start_ns = _time_ns()
+            self._start_monotonic_ns = _monotonic_ns()
+        else:
+            start_ns = self.start_ns = int(start * 1e9)
+            # A start in the future counts as now, so durations stay non-negative.
+            self._start_monotonic_ns = _monotonic_ns() - max(0, _time_ns() - start_ns)
+        # ids.new_trace_id and new_span_id, inlined (the start time is the trace id's top half).
+        self.trace_id = trace_id or (
+            ((start_ns // 1_000_000_000) << 96) | (getrandbits(64) or 1))
+        self.span_id = span_id or getrandbits(64) or 1
         self.parent_id = parent_id
         self.error = 0
         self.meta: dict[str, str] = {}
         self.metrics: dict[str, float] = {}
         self.duration_ns: Optional[int] = None
         self._finished = False
-        self._trace: Optional[TraceBuffer] = None  # set by the tracer
+        # Set by the tracer: the trace's buffer, or OpenTraces.lone for a root alone in its trace.
+        self._trace: Optional[TraceBuffer] = None
         self._parent: Optional[Span] = None  # the local parent span, if any
         self._prev_active: Optional[Span] = None  # the active span when this one was activated
-        if start is None:
-            self.start_ns = _time_ns()
-            self._start_monotonic_ns = _monotonic_ns()
-        else:
-            self.start_ns = int(start * 1e9)
-            # A start in the future counts as now, so durations stay non-negative.
-            self._start_monotonic_ns = _monotonic_ns() - max(0, _time_ns() - self.start_ns)
 
     # -- time, in the seed's float seconds ---------------------------------------------------
 
@@ -193,13 +196,20 @@ class Span:
 
     # -- sampling ------------------------------------------------------------------------
 
+    def _trace_state(self) -> Optional[TraceBuffer]:
+        """The buffer holding the trace's state (a root alone in its trace gets one now);
+        None for a span built outside any tracer."""
+        if self._tracer is None or self._trace is None:
+            return self._trace
+        return self._tracer._trace_of(self)
+
     @property
     def sampled(self) -> bool:
         """The seed's flag: whether the trace is kept (forces the sampling decision)."""
-        trace = self._trace
+        trace = self._trace_state()
         if trace is None:
             return True
-        if trace.priority is None and self._tracer is not None:
+        if trace.priority is None:
             self._tracer._decide_sampling(trace)
         return trace.priority is None or trace.priority > 0
 
@@ -210,8 +220,9 @@ class Span:
 
     def set_sampling_decision(self, priority: int, mechanism: str) -> None:
         """Record the trace's sampling priority and the mechanism (``_dd.p.dm``) that chose it."""
-        if self._trace is not None:
-            self._trace.set_decision(priority, mechanism)
+        trace = self._trace_state()
+        if trace is not None:
+            trace.set_decision(priority, mechanism)
 
     @property
     def tracer(self) -> Any:
@@ -223,10 +234,10 @@ class Span:
         """What propagation needs to continue this trace elsewhere (decides sampling first)."""
         from ddagent.context import Context
 
-        trace = self._trace
+        trace = self._trace_state()
         if trace is None:
             return Context(self.trace_id, self.span_id)
-        if trace.priority is None and self._tracer is not None:
+        if trace.priority is None:
             self._tracer._decide_sampling(trace)
         return Context(self.trace_id, self.span_id, trace.priority, trace.origin,
                        dict(trace.tags), trace.tracestate)

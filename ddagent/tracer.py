@@ -22,7 +22,6 @@ from typing import Any, Callable, Optional, TypeVar, Union, overload
 from ddagent import config as config_module
 from ddagent._logging import ERROR, RateLimitedLog, get_logger
 from ddagent.context import ACTIVE_SPAN, Context, OpenTraces, TraceBuffer
-from ddagent.ids import getrandbits
 from ddagent.sampler import AUTO_KEEP, MECHANISM_DEFAULT, PrioritySampler, RateSampler
 from ddagent.span import Span
 from ddagent.stats import STATS
@@ -33,10 +32,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_FLUSH_TIMEOUT = 3.0  # seconds to send what is buffered at exit (DD_TRACE_SHUTDOWN_TIMEOUT)
 
-# What every chunk root carries (one dict update each; metrics as floats, their wire type, so
-# the encoder takes its fast path). A forked child gets its own identity.
-
-
 def _new_runtime_id() -> str:
     """A random (version 4) UUID as 32 hex digits; the ``uuid`` module would add ~2.7 ms of
     start-up (-X importtime)."""
@@ -46,16 +41,39 @@ def _new_runtime_id() -> str:
 
 
 _runtime_id = _new_runtime_id()
-_CHUNK_ROOT_META = {"language": "python", "runtime-id": _runtime_id}
-_CHUNK_ROOT_METRICS = {"process_id": float(os.getpid())}
 _FINISHED_ONE_SPAN = STATS.tally("spans.finished")  # single-span chunks, the usual case
-_time = time.time
+_ADOPT_LOCK = threading.Lock()
+
+# The chunk root's tags, by the trace id's high half (_dd.p.tid; the creation second, so one
+# entry serves a second of traces), and its metrics by sampling priority: one dict update each
+# instead of formatting and storing them one by one per trace. Metrics are floats, their wire
+# type. A forked child clears both: it has its own runtime id and pid.
+_ROOT_META: dict[int, dict[str, str]] = {}
+_ROOT_METRICS: dict[int, dict[str, float]] = {}
+
+
+def _root_meta(high: int) -> dict[str, str]:
+    meta = {"language": "python", "runtime-id": _runtime_id}
+    if high:
+        meta["_dd.p.tid"] = f"{high:016x}"
+    if len(_ROOT_META) >= 16:  # old seconds are not coming back
+        _ROOT_META.clear()
+    _ROOT_META[high] = meta
+    return meta
+
+
+def _root_metrics(priority: int) -> dict[str, float]:
+    metrics = {"process_id": float(os.getpid()), "_sampling_priority_v1": float(priority)}
+    if len(_ROOT_METRICS) < 16:  # the four priorities, and whatever an upstream sent
+        _ROOT_METRICS[priority] = metrics
+    return metrics
 
 
 def _new_process_identity() -> None:
     global _runtime_id
-    _runtime_id = _CHUNK_ROOT_META["runtime-id"] = _new_runtime_id()
-    _CHUNK_ROOT_METRICS["process_id"] = float(os.getpid())
+    _runtime_id = _new_runtime_id()
+    _ROOT_META.clear()
+    _ROOT_METRICS.clear()
 
 
 class Tracer:
@@ -186,8 +204,12 @@ class Tracer:
         Use it as a context manager, or call ``finish()``.
         """
         active = ACTIVE_SPAN.get()
-        span = self._new_span(name, active if child_of is None else child_of, service, resource,
-                              span_type)
+        parent = active if child_of is None else child_of
+        if parent is None:  # a new trace, here rather than in _new_span: one call less per trace
+            span = Span(self, name, service or self.config.service, resource, span_type)
+            span._trace = self._open_traces.lone
+        else:
+            span = self._new_span(name, parent, service, resource, span_type)
         span._prev_active = active
         ACTIVE_SPAN.set(span)
         return span
@@ -202,7 +224,11 @@ class Tracer:
         activate: bool = False,
     ) -> Span:
         """Start a span under ``child_of`` (a new trace if None); active only if ``activate``."""
-        span = self._new_span(name, child_of, service, resource, span_type)
+        if child_of is None:
+            span = Span(self, name, service or self.config.service, resource, span_type)
+            span._trace = self._open_traces.lone
+        else:
+            span = self._new_span(name, child_of, service, resource, span_type)
         if activate:
             span._prev_active = ACTIVE_SPAN.get()
             ACTIVE_SPAN.set(span)
@@ -211,25 +237,20 @@ class Tracer:
     def _new_span(
         self,
         name: str,
-        parent: Union[Span, Context, None],
+        parent: Union[Span, Context],
         service: Optional[str],
         resource: Optional[str],
         span_type: Optional[str],
     ) -> Span:
-        trace: Optional[TraceBuffer]
-        if parent is None:
-            # ids.new_trace_id, inlined (one Python call less per trace).
-            trace_id = (int(_time()) << 96) | (getrandbits(64) or 1)
-            span = Span(self, name, service or self.config.service, resource, span_type,
-                        trace_id)
-            span._trace = TraceBuffer(trace_id, self._open_traces, span)
-            return span
+        """A span under a local or remote parent, counted open in the trace's buffer."""
         if type(parent) is Span or isinstance(parent, Span):
             trace = parent._trace
             if trace is None:  # a span built by hand, outside any tracer
                 trace = TraceBuffer(parent.trace_id, self._open_traces)
             elif trace.closed_reason is not None:  # evicted, or inherited across fork()
                 trace = TraceBuffer.continuing(trace, self._open_traces)
+            elif parent._tracer is not None and trace is parent._tracer._open_traces.lone:
+                trace = parent._tracer._trace_of(parent)
             span = Span(self, name, service or parent.service, resource, span_type,
                         parent.trace_id, None, parent.span_id)
             span._parent = parent
@@ -241,6 +262,17 @@ class Tracer:
         trace.span_started(span)
         return span
 
+    def _trace_of(self, span: Span) -> TraceBuffer:
+        """``span``'s trace buffer; a root alone in its trace gets one now (see
+        ``OpenTraces.lone``)."""
+        trace = span._trace
+        if trace is self._open_traces.lone:
+            with _ADOPT_LOCK:  # two threads adopting the same root must share one buffer
+                trace = span._trace
+                if trace is self._open_traces.lone:
+                    trace = span._trace = TraceBuffer.adopting(span, self._open_traces)
+        return trace  # type: ignore[return-value]
+
     def current_span(self) -> Optional[Span]:
         """The active span of this thread or asyncio task."""
         return ACTIVE_SPAN.get()
@@ -248,8 +280,8 @@ class Tracer:
     def current_root_span(self) -> Optional[Span]:
         """The local root of the active span's trace."""
         span = ACTIVE_SPAN.get()
-        if span is None or span._trace is None:
-            return span
+        if span is None or span._trace is None or span._trace.root is None:
+            return span  # built by hand, or a root alone in its trace
         return span._trace.root
 
     def clear_current_span(self) -> None:
@@ -264,45 +296,54 @@ class Tracer:
                 while previous is not None and previous._finished:
                     previous = previous._prev_active
                 ACTIVE_SPAN.set(previous)
-            trace = span._trace
-            if trace is None:
-                return
-            root = trace.root  # span_finished forgets it when the trace completes
-            chunk = trace.span_finished(span)
-            if not chunk:
-                return
             # The per-trace path, in one method: writing the chunk, sampling by the default
-            # sampler and the chunk tags are inline rather than in helper methods (callgrind,
-            # single-span trace: 8 Python calls less).
-            n = len(chunk)
-            if n == 1:
+            # sampler and the chunk tags are inline rather than in helper methods (callgrind:
+            # each Python call is ~1k instructions).
+            trace = span._trace
+            lone = trace is self._open_traces.lone
+            if lone:  # a root alone in its trace: a chunk of one, without buffer or lock
+                chunk = [span]
+                root: Optional[Span] = span
                 _FINISHED_ONE_SPAN()
             else:
-                STATS.incr("spans.finished", n)
+                if trace is None:  # built by hand and given this tracer: nothing to send
+                    return
+                root = trace.root  # span_finished forgets it when the trace completes
+                chunk = trace.span_finished(span)
+                if not chunk:
+                    return
+                if len(chunk) == 1:
+                    _FINISHED_ONE_SPAN()
+                else:
+                    STATS.incr("spans.finished", len(chunk))
             if not self.enabled or self._shut_down:
                 STATS.incr("spans.dropped.disabled" if not self.enabled
-                           else "spans.dropped.shutdown", n)
+                           else "spans.dropped.shutdown", len(chunk))
                 return
-            if trace.priority is None:
-                sampler = self.sampler
-                if sampler is self.agent_sampler and root is not None:
-                    trace.set_decision(*sampler.decide(root))
-                else:
-                    self._decide_sampling(trace, root)
             first = chunk[0]
             meta = first.meta
-            high = first.trace_id >> 64
-            if high:
-                meta["_dd.p.tid"] = f"{high:016x}"
-            if trace.tags:
-                meta.update(trace.tags)
-            if trace.origin:
-                meta["_dd.origin"] = trace.origin
-            meta.update(_CHUNK_ROOT_META)
+            if lone and self.sampler is self.agent_sampler:
+                # The trace state a buffer would hold: the priority and _dd.p.dm (set_decision).
+                priority, mechanism = self.agent_sampler.decide(span)
+                if priority > 0:
+                    meta["_dd.p.dm"] = mechanism
+            else:
+                if lone:  # a user's sampler records its decision on the trace's state
+                    trace = self._trace_of(span)
+                if trace.priority is None:
+                    self._decide_sampling(trace, root)
+                priority = trace.priority  # type: ignore[assignment]
+                if trace.tags:
+                    meta.update(trace.tags)
+                if trace.origin:
+                    meta["_dd.origin"] = trace.origin
+            root_meta = _ROOT_META.get(first.trace_id >> 64)
+            if root_meta is None:
+                root_meta = _root_meta(first.trace_id >> 64)
+            meta.update(root_meta)
             metrics = first.metrics
-            metrics.update(_CHUNK_ROOT_METRICS)
-            metrics["_sampling_priority_v1"] = float(trace.priority)  # type: ignore[arg-type]
-            if n == 1:  # _tag_spans' loop for one span, inline unless there are tags to add
+            metrics.update(_ROOT_METRICS.get(priority) or _root_metrics(priority))
+            if len(chunk) == 1:  # _tag_spans' loop for one span, inline unless there are tags
                 if first._parent is None or first._parent.service != first.service:
                     metrics["_dd.top_level"] = 1.0
                 if self._span_tags or self.config.version:
@@ -310,7 +351,7 @@ class Tracer:
             else:
                 self._tag_spans(chunk)
             if self.debug_logging:
-                log.debug("ddagent: writing %d spans (enabled:%s)\n%s", n, self.enabled,
+                log.debug("ddagent: writing %d spans (enabled:%s)\n%s", len(chunk), self.enabled,
                           "\n\n".join(span.pprint() for span in chunk))
             for observe in self.chunk_observers:  # usually none; ddagent/summary.py adds one
                 observe(chunk)

@@ -190,14 +190,19 @@ def test_partial_flush() -> None:
 def test_open_traces_are_bounded_and_evictions_counted() -> None:
     t = make_tracer(max_open_traces=3)
     before = STATS.get("spans.dropped.open_trace_evicted")
-    r0 = t.start_span("r0")
-    t.start_span("c0", child_of=r0).finish()  # waits in r0's buffer for r0
-    roots = [r0] + [t.start_span(f"r{i}") for i in range(1, 4)]  # r3 evicts r0
+    lone = [t.start_span(f"lone{i}") for i in range(5)]
+    assert len(t._open_traces) == 0  # a root alone in its trace holds no buffer
+    roots = []
+    for i in range(4):  # the fourth evicts the first
+        root = t.start_span(f"r{i}")
+        t.start_span(f"c{i}", child_of=root).finish()  # waits in the root's buffer
+        roots.append(root)
     assert len(t._open_traces) == 3
-    for r in roots:
+    for r in roots + lone:
         r.finish()
-    assert [[s.name for s in c] for c in t.writer.chunks] == [["r1"], ["r2"], ["r3"]]
-    assert STATS.get("spans.dropped.open_trace_evicted") - before == 2
+    assert [[s.name for s in c] for c in t.writer.chunks] == [
+        ["c1", "r1"], ["c2", "r2"], ["c3", "r3"], *([f"lone{i}"] for i in range(5))]
+    assert STATS.get("spans.dropped.open_trace_evicted") - before == 2  # c0, then r0
     # a new span under an evicted trace starts a fresh chunk of the same trace
     again = t.start_span("again", child_of=roots[0])
     again.finish()
@@ -514,3 +519,48 @@ def test_fork_child_forgets_open_traces_and_gets_new_ids(tracer: Tracer) -> None
     # the parent still sends its own whole trace
     assert sorted(s.name for s in tracer.writer.spans) == ["parent.child", "parent.root"]
 
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_fork_child_does_not_send_an_inherited_root_alone_in_its_trace(tracer: Tracer) -> None:
+    read_fd, write_fd = os.pipe()
+    with tracer.trace("parent.alone"):  # no child: it has no buffer for the fork to close
+        pid = os.fork()
+        if pid == 0:
+            try:
+                tracer.writer.chunks.clear()
+                before = STATS.get("spans.dropped.fork")
+                tracer.current_span().finish()
+                os.write(write_fd, repr((len(tracer.writer.chunks),
+                                         STATS.get("spans.dropped.fork") - before)).encode())
+            finally:
+                os._exit(0)
+        os.close(write_fd)
+        os.waitpid(pid, 0)
+        with os.fdopen(read_fd) as f:
+            sent_by_child, dropped_in_child = eval(f.read())  # noqa: S307
+    assert (sent_by_child, dropped_in_child) == (0, 1)
+    assert [s.name for s in tracer.writer.spans] == ["parent.alone"]
+
+
+def test_a_root_alone_in_its_trace_gets_a_buffer_when_its_state_is_needed(
+        tracer: Tracer) -> None:
+    with tracer.trace("root") as root:
+        context = root.context  # propagation decides sampling on the trace's state
+        assert context.sampling_priority == 1
+        with tracer.trace("child"):
+            pass
+        assert tracer.current_root_span() is root
+    [chunk] = tracer.writer.chunks
+    assert [s.name for s in chunk] == ["child", "root"]
+    assert chunk[0].metrics["_sampling_priority_v1"] == 1.0
+    assert chunk[0].meta["_dd.p.dm"] == "-0"
+
+
+def test_a_user_sampler_decides_for_a_root_alone_in_its_trace(tracer: Tracer) -> None:
+    tracer.sampler = RateSampler(0.0)
+    with tracer.trace("alone"):
+        pass
+    [[span]] = tracer.writer.chunks
+    assert span.metrics["_sampling_priority_v1"] == -1.0
+    assert "_dd.p.dm" not in span.meta and span.metrics["_dd.rule_psr"] == 0.0
