@@ -4,6 +4,14 @@ server, sqlite3 execute — never instrumented, instrumented and enabled, then d
 Each child measures the three states in that order in one process (an instrumentation cannot be
 taken back to "never"), so "disabled ÷ never" and "added by enabled" are paired within a round.
 Cost per call is the process's CPU (export included), not Redis's.
+
+"Never" and "disabled" are seconds apart on a shared, noisy machine, so each is measured in
+short windows alternating with a *reference* call that no contender instruments (redis: the same
+GET written to the server's socket by hand; sqlite3: ``execute`` on a cursor of a connection
+opened before instrumenting). "Disabled ÷ never" is the ratio of the medians over windows of
+(state ÷ reference), which cancels the machine's drift between the two states. "Enabled" is one
+window with the export flushed at its end ("added" = enabled − never): a reference window
+would be charged with the background export of the spans before it.
 """
 
 from __future__ import annotations
@@ -12,7 +20,9 @@ import importlib
 import os
 import socket
 import sqlite3
-from typing import Any, Callable, Optional
+import statistics
+import time
+from typing import Any, Callable, NamedTuple, Optional
 
 from bench import tracers
 from bench.child import QUICK, Unavailable, cpu_per_call
@@ -85,6 +95,22 @@ def redis_calls() -> Callable[[int], None]:
     return calls
 
 
+def redis_reference() -> Callable[[int], None]:
+    """The same GET through a raw socket: the server's round trip, no redis-py, no tracer."""
+    sock = socket.create_connection(("127.0.0.1", REDIS_PORT), timeout=2)
+    request = b"*2\r\n$3\r\nGET\r\n$9\r\nbench:key\r\n"
+    reply = b"$5\r\nvalue\r\n"
+
+    def calls(n: int) -> None:
+        for _ in range(n):
+            sock.sendall(request)
+            received = b""
+            while len(received) < len(reply):
+                received += sock.recv(64)
+
+    return calls
+
+
 def sqlite3_calls() -> Callable[[int], None]:
     cursor = sqlite3.connect(":memory:").cursor()
 
@@ -96,14 +122,42 @@ def sqlite3_calls() -> Callable[[int], None]:
 
 
 CALLS = {"redis": redis_calls, "sqlite3": sqlite3_calls}
-SECONDS = 0.3 if QUICK else 2.0  # CPU time measured per state
+# Made before instrumenting: a plain sqlite3 connection stays plain in every state.
+REFERENCE = {"redis": redis_reference, "sqlite3": sqlite3_calls}
+SECONDS = 0.3 if QUICK else 2.0  # CPU time measured while enabled
+WINDOWS = 6 if QUICK else 20  # alternating windows per untraced state
+WINDOW_SECONDS = 0.05 if QUICK else 0.1  # CPU time of each window, state and reference alike
 
 
-def cpu_per_call_in_state(library: str, t: tracers.Tracing) -> float:
+def cpu_in_window(calls: Callable[[int], None], seconds: float,
+                  flush: Optional[Callable[[], None]] = None) -> float:
+    """Process CPU µs per call over ``seconds`` of CPU plus ``flush()`` (the export of the
+    window's spans), in chunks of 20 calls (a window fits a redis GET and a 1 µs call alike)."""
+    start, done = time.process_time(), 0
+    while time.process_time() - start < seconds:
+        calls(20)
+        done += 20
+    if flush is not None:
+        flush()
+    return (time.process_time() - start) * 1e6 / done
+
+
+class State(NamedTuple):
+    per_call: float  # CPU µs per call, median over windows
+    relative: float  # median over windows of (per call ÷ the reference's per call)
+
+
+def measure_state(library: str, reference: Callable[[int], None], t: tracers.Tracing) -> State:
     calls = CALLS[library]()
     calls(50)  # warm-up: connection, first spans
+    reference(50)
     t.flush()
-    return cpu_per_call(calls, SECONDS, t.flush)
+    costs, references = [], []
+    for _ in range(WINDOWS):
+        costs.append(cpu_in_window(calls, WINDOW_SECONDS, t.flush))
+        references.append(cpu_in_window(reference, WINDOW_SECONDS))
+    ratios = [c / r for c, r in zip(costs, references)]
+    return State(statistics.median(costs), statistics.median(ratios))
 
 
 def redis_reachable() -> bool:
@@ -122,20 +176,25 @@ def child(contender: str) -> dict:
         if library == "redis" and not redis_reachable():
             out[case] = {"na": f"no Redis on 127.0.0.1:{REDIS_PORT}"}
             continue
-        never = cpu_per_call_in_state(library, t)
+        reference = REFERENCE[library]()
+        never = measure_state(library, reference, t)
         if contender == "baseline":
-            out[case] = {"never": never}
+            out[case] = {"never": never.per_call}
             continue
         try:
             disable = INSTRUMENT[contender](library, t)
         except Unavailable as e:
             out[case] = {"na": str(e)}
             continue
-        enabled = cpu_per_call_in_state(library, t)
+        calls = CALLS[library]()
+        calls(50)  # warm-up: connection, first spans
+        t.flush()
+        enabled = cpu_per_call(calls, SECONDS, t.flush)
         disable()
-        disabled = cpu_per_call_in_state(library, t)
-        out[case] = {"never": never, "enabled": enabled, "disabled": disabled,
-                     "added": enabled - never, "disabled_ratio": disabled / never}
+        disabled = measure_state(library, reference, t)
+        out[case] = {"never": never.per_call, "enabled": enabled,
+                     "disabled": disabled.per_call, "added": enabled - never.per_call,
+                     "disabled_ratio": disabled.relative / never.relative}
     return out
 
 
