@@ -92,10 +92,16 @@ class PrioritySampler:
     def __init__(self, env: Optional[str] = None) -> None:
         self.env = env or ""
         self._rates: dict[str, float] = {}
+        # service -> (rate, keep threshold) or None for "keep by default": the rate lookup of
+        # decide() done once per service rather than per trace. Swapped with the rates.
+        self._by_service: dict[Optional[str], Optional[tuple[float, int]]] = {}
 
     def update_rates(self, rate_by_service: dict[str, float]) -> None:
         """Install the agent's latest answer (called from the writer's thread)."""
-        self._rates = dict(rate_by_service)  # one reference swap; readers see old or new
+        # Reference swaps; a reader sees the old or the new rates, and at worst one decision
+        # uses a rate cached from the previous answer.
+        self._rates = dict(rate_by_service)
+        self._by_service = {}
 
     @property
     def rates(self) -> dict[str, float]:
@@ -108,15 +114,27 @@ class PrioritySampler:
         """The priority and mechanism for the trace of local root ``root`` (which records the
         rate used). The tracer calls this directly for the default sampler, without the
         round trip through the span."""
-        rates = self._rates
-        if not rates:
-            return _KEEP_BY_DEFAULT
-        rate = rates.get(f"service:{root.service or ''},env:{self.env}")
+        by_service = self._by_service
+        try:
+            rate = by_service[root.service]
+        except KeyError:
+            rate = self._rate_for(by_service, root.service)
         if rate is None:
-            rate = rates.get(DEFAULT_RATE_KEY)
-            if rate is None:
-                return _KEEP_BY_DEFAULT
-        root.metrics["_dd.agent_psr"] = rate
-        if ((root.trace_id & LOW_64) * KNUTH_FACTOR) & LOW_64 <= int(rate * LOW_64):  # keeps()
+            return _KEEP_BY_DEFAULT
+        root.metrics["_dd.agent_psr"] = rate[0]
+        if ((root.trace_id & LOW_64) * KNUTH_FACTOR) & LOW_64 <= rate[1]:  # keeps()
             return AUTO_KEEP, MECHANISM_AGENT_RATE
         return AUTO_REJECT, MECHANISM_AGENT_RATE
+
+    def _rate_for(self, by_service: dict[Optional[str], Optional[tuple[float, int]]],
+                  service: Optional[str]) -> Optional[tuple[float, int]]:
+        """The agent's rate for ``service`` (``service:<service>,env:<env>``, else the default
+        key ``service:,env:``), remembered in ``by_service``; None when there is none."""
+        rates = self._rates
+        rate = rates.get(f"service:{service or ''},env:{self.env}")
+        if rate is None:
+            rate = rates.get(DEFAULT_RATE_KEY)
+        found = None if rate is None else (rate, int(rate * LOW_64))
+        if len(by_service) < 1000:  # services are few; a flood of names is not cached
+            by_service[service] = found
+        return found
