@@ -42,7 +42,6 @@ server a wrapped body.
 
 from __future__ import annotations
 
-import os
 import wsgiref.util
 from collections.abc import Iterable, Iterator
 from typing import Any, Callable, Optional
@@ -103,20 +102,23 @@ def start_request(
             return None
         service = service or (pin.service if pin is not None else None)
         parent = _extract_context(environ)
-        span = tracer.trace(f"{integration.name}.request", child_of=parent, span_type="web",
+        span = tracer.trace(integration.name + ".request", child_of=parent, span_type="web",
                             service=service or _default_service(integration, tracer))
         method = environ.get("REQUEST_METHOD", "GET")
         span.resource = method
-        span.set_tag("component", integration.component)
-        span.set_tag("span.kind", "server")
-        span.set_tag("http.method", method)
-        span.set_tag("http.url", _url(environ))
+        # Straight into meta: these values are strs, so set_tag's conversion is not needed.
+        meta = span.meta
+        meta["component"] = integration.component
+        meta["span.kind"] = "server"
+        meta["http.method"] = method
+        meta["http.url"] = _url(environ)
         user_agent = environ.get("HTTP_USER_AGENT")
         if user_agent:
-            span.set_tag("http.useragent", user_agent)
-        span.set_metric("_dd.measured", 1)
-        for key, value in ((pin.tags or {}) if pin is not None else {}).items():
-            span.set_tag(key, value)
+            meta["http.useragent"] = user_agent
+        span.metrics["_dd.measured"] = 1.0  # a float, as set_metric would store it
+        if pin is not None and pin.tags:
+            for key, value in pin.tags.items():
+                span.set_tag(key, value)
         environ[REQUEST_SPAN] = span
         return span
     except Exception as exc:
@@ -132,7 +134,7 @@ def set_route(span: Optional[Span], route: str, resource_name: Optional[str] = N
     if span is None:
         return
     span.set_tag("http.route", route)
-    span.resource = f"{span.get_tag('http.method')} {resource_name or route}"
+    span.resource = f"{span.meta.get('http.method')} {resource_name or route}"
 
 
 def finish_request(span: Span, integration: Integration, exc: Optional[BaseException] = None,
@@ -143,26 +145,35 @@ def finish_request(span: Span, integration: Integration, exc: Optional[BaseExcep
     if span.finished:
         return
     try:
+        meta = span.meta
         if status is not None:
             _set_status(span, status)
         if exc is not None and not isinstance(exc, GeneratorExit):
             span.set_exc_info(type(exc), exc, exc.__traceback__)
-            if span.get_tag("http.status_code") is None:
-                span.set_tag("http.status_code", "500")
-        code = status_code(span.get_tag("http.status_code"))
+            meta.setdefault("http.status_code", "500")
+        tag = meta.get("http.status_code")
+        code = _STATUS_CODES.get(tag) or status_code(tag)
         if code in SERVER_ERROR_STATUSES:
             span.error = 1
-        if span.get_tag("http.route") is None and code == 404:
-            span.resource = f"{span.get_tag('http.method')} 404"
+        if code == 404 and "http.route" not in meta:
+            span.resource = f"{meta.get('http.method')} 404"
     except Exception as error:
         integration.probe_failed(error)
     span.finish()
 
 
+# The status codes by their tag ("200" -> 200), so the usual statuses are read without
+# status_code()'s parsing: about 0.3 us twice a request.
+_STATUS_CODES = {str(code): code for code in range(100, 600)}
+
+
 def _set_status(span: Span, status: Any) -> None:
+    if type(status) is str and status[:3] in _STATUS_CODES and status[3:4] in (" ", ""):
+        span.meta["http.status_code"] = status[:3]  # "200 OK", as status_code() would read it
+        return
     code = status_code(status)
     if code is not None:
-        span.set_tag("http.status_code", str(code))
+        span.meta["http.status_code"] = str(code)
 
 
 # The environ keys of the propagation headers (``x-datadog-trace-id`` -> HTTP_X_DATADOG_TRACE_ID).
@@ -190,6 +201,10 @@ def _extract_context(environ: dict) -> Any:
 _BASE_URLS: dict[tuple[str, str], str] = {}
 _BASE_URLS_MAX = 256
 _HOST_DELIMITERS = frozenset("/?#\\")
+# What wsgiref's quote() leaves alone in PATH_INFO and SCRIPT_NAME: a path made only of these
+# is its own quoted form, which spares quote()'s three Python calls on nearly every request.
+_UNQUOTED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/"
+_PATH_INFO_UNQUOTED = _UNQUOTED + ";=,"
 
 
 def _url(environ: dict) -> str:
@@ -203,24 +218,36 @@ def _url(environ: dict) -> str:
         if port != ("443" if scheme == "https" else "80"):
             host += ":" + port
     script_name = environ.get("SCRIPT_NAME", "")
-    if (script_name and script_name[0] != "/") or not _HOST_DELIMITERS.isdisjoint(host):
-        # Unusual enough that the host and path do not split where expected: the long way.
-        return url_tag(wsgiref.util.request_uri(environ, include_query=False))
-    base = _BASE_URLS.get((scheme, host))
+    if script_name and script_name[0] != "/":
+        return _long_url(environ)
+    base = _BASE_URLS.get((scheme, host))  # only hosts that pass the check below are cached
     if base is None:
+        if not _HOST_DELIMITERS.isdisjoint(host):
+            return _long_url(environ)
         base = url_tag(f"{scheme}://{host}/")[:-1]
         if len(_BASE_URLS) < _BASE_URLS_MAX:
             _BASE_URLS[(scheme, host)] = base
     # wsgiref's quoting of the path, so the tag reads exactly as before.
-    path_info = quote(environ.get("PATH_INFO", ""), safe="/;=,", encoding="latin1")
+    path_info = environ.get("PATH_INFO", "")
+    if path_info.strip(_PATH_INFO_UNQUOTED):  # strip() leaves something: a char to quote
+        path_info = quote(path_info, safe="/;=,", encoding="latin1")
     if script_name:
-        return base + quote(script_name, encoding="latin1") + path_info
+        if script_name.strip(_UNQUOTED):
+            script_name = quote(script_name, encoding="latin1")
+        return base + script_name + path_info
     return base + "/" + path_info[1:]
 
 
+def _long_url(environ: dict) -> str:
+    # For requests unusual enough that the host and path do not split where _url expects.
+    return url_tag(wsgiref.util.request_uri(environ, include_query=False))
+
+
 def _default_service(integration: Integration, tracer: Any) -> str:
-    configured = os.environ.get(f"DD_{integration.name.upper()}_SERVICE")
-    if configured:
+    # The registry's read of DD_<NAME>_SERVICE: os.environ.get costs ~1.2 us a request. It
+    # returns the integration's default object itself when the variable is unset (or empty).
+    configured = integration._configured_service()
+    if configured is not integration.service:
         return configured
     config = getattr(tracer, "config", None)
     if config is not None and config.sources.get("service") == "env DD_SERVICE":
