@@ -45,7 +45,8 @@ def _current_request() -> Any:
 
 
 def _name_request(*_ignored: Any, **_also_ignored: Any) -> None:
-    """Tag the request span with the matched URL rule (any arguments: a probe or a signal)."""
+    """Tag the request span with the matched URL rule (any arguments: the signal's, or a probe's
+    ``on_call`` that starts no span of its own, as it returns None)."""
     global _flask_version
     request = _current_request()
     span = request_span(request.environ) if request is not None else None
@@ -74,11 +75,6 @@ def _sub_span(name: str) -> Callable[..., Any]:
         return integration.start_child_span(name)
 
     return on_call
-
-
-def _name_request_probe(integration: Integration, app: Any) -> None:
-    _name_request()
-    return None  # no span of its own
 
 
 def _view_span(integration: Integration, app: Any) -> Any:
@@ -130,7 +126,7 @@ integration = Integration(
     span_kind="server",
     probes=[
         WSGIAppProbe("flask.app", "Flask.wsgi_app"),
-        FunctionProbe("flask.app", "Flask.full_dispatch_request", on_call=_name_request_probe),
+        FunctionProbe("flask.app", "Flask.full_dispatch_request", on_call=_name_request),
         FunctionProbe("flask.app", "Flask.preprocess_request",
                       on_call=_sub_span("flask.preprocess_request")),
         FunctionProbe("flask.app", "Flask.dispatch_request", on_call=_view_span),
