@@ -122,7 +122,9 @@ class PrioritySampler:
         if rate is None:
             return _KEEP_BY_DEFAULT
         root.metrics["_dd.agent_psr"] = rate[0]
-        if ((root.trace_id & LOW_64) * KNUTH_FACTOR) & LOW_64 <= rate[1]:  # keeps()
+        threshold = rate[1]
+        # keeps(), with no hash at the agent's default rate of 1.
+        if threshold >= LOW_64 or ((root.trace_id & LOW_64) * KNUTH_FACTOR) & LOW_64 <= threshold:
             return AUTO_KEEP, MECHANISM_AGENT_RATE
         return AUTO_REJECT, MECHANISM_AGENT_RATE
 
