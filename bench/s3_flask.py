@@ -2,13 +2,13 @@
 one worker under ``wrk`` (requests/s, p50/p99 latency; wrk, gunicorn and the agent share the
 machine's cores, as they would in production with a local agent).
 
-ddagent has no Flask integration yet (while ``ddagent.hooks.flask`` does not exist): it runs
-under ``python -m ddagent`` anyway, which shows what the launcher costs, and the cell is marked.
+Under gunicorn each contender instruments the app through its documented launcher alone:
+``python -m ddagent``, ``ddtrace-run`` and ``opentelemetry-instrument`` (with
+``opentelemetry-distro``, which is what configures its SDK and exporter).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
@@ -31,13 +31,6 @@ ROWS = [
     Row("gunicorn -w 1 + wrk", "p50_ms", "gunicorn -w 1 + wrk: p50 latency", "ms"),
     Row("gunicorn -w 1 + wrk", "p99_ms", "gunicorn -w 1 + wrk: p99 latency", "ms"),
 ]
-NO_FLASK_INTEGRATION = "launcher only: ddagent has no Flask integration yet"
-
-
-def ddagent_has_flask() -> bool:
-    return importlib.util.find_spec("ddagent.hooks.flask") is not None
-
-
 # --- in-process test client: each contender instruments Flask its own documented way ---------
 
 def child(contender: str) -> dict:
@@ -47,8 +40,6 @@ def child(contender: str) -> dict:
         import ddtrace
 
         ddtrace.patch(flask=True)
-    elif contender == "ddagent" and not ddagent_has_flask():
-        result["note"] = NO_FLASK_INTEGRATION  # the launcher (see launcher()) did the rest
     from bench.flask_app import app
 
     if contender == "otel":
@@ -141,8 +132,6 @@ def measure(ctx: Context, contender: str) -> dict:
         launcher=launcher(ctx, contender) if contender == "ddagent" else None,
     )
     served = gunicorn(ctx, contender)
-    if contender == "ddagent" and not ddagent_has_flask() and "na" not in served:
-        served["note"] = NO_FLASK_INTEGRATION
     return {"test client": in_process.get("test client", in_process),
             "gunicorn -w 1 + wrk": served}
 
