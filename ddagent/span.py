@@ -201,7 +201,8 @@ class Span:
         None for a span built outside any tracer."""
         if self._tracer is None or self._trace is None:
             return self._trace
-        return self._tracer._trace_of(self)
+        trace: TraceBuffer = self._tracer._trace_of(self)
+        return trace
 
     @property
     def sampled(self) -> bool:

@@ -300,18 +300,20 @@ class Tracer:
             # sampler and the chunk tags are inline rather than in helper methods (callgrind:
             # each Python call is ~1k instructions).
             trace = span._trace
+            if trace is None:  # built by hand and given this tracer: nothing to send
+                return
             lone = trace is self._open_traces.lone
+            root: Optional[Span]
             if lone:  # a root alone in its trace: a chunk of one, without buffer or lock
                 chunk = [span]
-                root: Optional[Span] = span
+                root = span
                 _FINISHED_ONE_SPAN()
             else:
-                if trace is None:  # built by hand and given this tracer: nothing to send
-                    return
                 root = trace.root  # span_finished forgets it when the trace completes
-                chunk = trace.span_finished(span)
-                if not chunk:
+                finished = trace.span_finished(span)
+                if not finished:
                     return
+                chunk = finished
                 if len(chunk) == 1:
                     _FINISHED_ONE_SPAN()
                 else:
@@ -332,7 +334,7 @@ class Tracer:
                     trace = self._trace_of(span)
                 if trace.priority is None:
                     self._decide_sampling(trace, root)
-                priority = trace.priority  # type: ignore[assignment]
+                priority = trace.priority
                 if trace.tags:
                     meta.update(trace.tags)
                 if trace.origin:
