@@ -3,6 +3,7 @@
 Routes: ``/`` (text), ``/users/<int:user_id>`` (a template), ``/fail`` (a view raising),
 ``/teapot`` (an exception turned into 418 by an error handler), ``/stream`` (a streamed body
 whose chunks are traced), ``/backend`` (Redis and sqlite3 queries; Redis at $REDIS_URL).
+It has a function for each of Flask's hook phases, so each phase has its span.
 """
 
 import os
@@ -16,6 +17,26 @@ from ddagent import tracer
 
 app = Flask(__name__)
 app.jinja_loader = jinja2.DictLoader({"user.html": "<p>user {{ user_id }}</p>"})
+
+
+@app.before_request
+def before():
+    pass
+
+
+@app.after_request
+def after(response):
+    return response
+
+
+@app.teardown_request
+def teardown_request(error):
+    pass
+
+
+@app.teardown_appcontext
+def teardown_appcontext(error):
+    pass
 
 
 class Teapot(Exception):

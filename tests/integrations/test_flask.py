@@ -84,6 +84,14 @@ def test_routed_view_with_template(client, agent_tracer, test_agent):
     test_agent.assert_no_check_failures()
 
 
+def test_hook_phases_without_hooks_have_no_span(flask_probes, agent_tracer, test_agent):
+    bare = flask.Flask("bare")
+    bare.add_url_rule("/", "index", lambda: "hello")
+    assert bare.test_client().get("/").data == b"hello"
+    trace, root = request_trace(test_agent, agent_tracer)
+    assert sorted(s["name"] for s in trace) == ["flask.request", f"{__name__}.<lambda>"]
+
+
 def test_not_found(client, agent_tracer, test_agent):
     assert client.get("/nope", buffered=True).status_code == 404
     trace, root = request_trace(test_agent, agent_tracer)
