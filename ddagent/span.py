@@ -37,7 +37,7 @@ class Span:
     __slots__ = (
         "trace_id", "span_id", "parent_id", "name", "service", "resource", "span_type",
         "start_ns", "duration_ns", "error", "meta", "metrics",
-        "_tracer", "_trace", "_parent", "_prev_active", "_start_monotonic_ns", "_finished",
+        "tracer", "_trace", "_parent", "_prev_active", "_start_monotonic_ns", "_finished",
     )
 
     def __init__(
@@ -53,7 +53,8 @@ class Span:
         start: Optional[float] = None,
     ) -> None:
         # The seed's signature (tracer first). Tracers create spans through Tracer.start_span.
-        self._tracer = tracer
+        # A plain attribute, not a property: integrations read it on every span they start.
+        self.tracer: Any = tracer  # the tracer that started this span (None: built by hand)
         self.name = name
         self.service = service
         self.resource = name if resource is None else resource
@@ -113,8 +114,8 @@ class Span:
                 self.duration_ns = _monotonic_ns() - self._start_monotonic_ns
             else:
                 self.duration_ns = max(0, int(finish_time * 1e9) - self.start_ns)
-        if self._tracer is not None:
-            self._tracer._on_span_finish(self)  # never raises
+        if self.tracer is not None:
+            self.tracer._on_span_finish(self)  # never raises
 
     # -- tags and metrics ------------------------------------------------------------------
 
@@ -199,9 +200,9 @@ class Span:
     def _trace_state(self) -> Optional[TraceBuffer]:
         """The buffer holding the trace's state (a root alone in its trace gets one now);
         None for a span built outside any tracer."""
-        if self._tracer is None or self._trace is None:
+        if self.tracer is None or self._trace is None:
             return self._trace
-        trace: TraceBuffer = self._tracer._trace_of(self)
+        trace: TraceBuffer = self.tracer._trace_of(self)
         return trace
 
     @property
@@ -211,7 +212,7 @@ class Span:
         if trace is None:
             return True
         if trace.priority is None:
-            self._tracer._decide_sampling(trace)
+            self.tracer._decide_sampling(trace)
         return trace.priority is None or trace.priority > 0
 
     @sampled.setter
@@ -226,11 +227,6 @@ class Span:
             trace.set_decision(priority, mechanism)
 
     @property
-    def tracer(self) -> Any:
-        """The tracer that started this span (None for a span built by hand)."""
-        return self._tracer
-
-    @property
     def context(self) -> Context:
         """What propagation needs to continue this trace elsewhere (decides sampling first)."""
         from ddagent.context import Context
@@ -239,7 +235,7 @@ class Span:
         if trace is None:
             return Context(self.trace_id, self.span_id)
         if trace.priority is None:
-            self._tracer._decide_sampling(trace)
+            self.tracer._decide_sampling(trace)
         return Context(self.trace_id, self.span_id, trace.priority, trace.origin,
                        dict(trace.tags), trace.tracestate)
 

@@ -249,8 +249,8 @@ class Tracer:
                 trace = TraceBuffer(parent.trace_id, self._open_traces)
             elif trace.closed_reason is not None:  # evicted, or inherited across fork()
                 trace = TraceBuffer.continuing(trace, self._open_traces)
-            elif parent._tracer is not None and trace is parent._tracer._open_traces.lone:
-                trace = parent._tracer._trace_of(parent)
+            elif parent.tracer is not None and trace is parent.tracer._open_traces.lone:
+                trace = parent.tracer._trace_of(parent)
             span = Span(self, name, service or parent.service, resource, span_type,
                         parent.trace_id, None, parent.span_id)
             span._parent = parent
