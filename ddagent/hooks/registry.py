@@ -159,7 +159,7 @@ class Integration:
         self._service_env_vars = tuple(
             dict.fromkeys(f"DD_{n.upper()}_SERVICE" for n in (name, self.component))
         )
-        # The same names as os.environ stores them (bytes on POSIX), see _configured_service.
+        # The same names as os.environ stores them (bytes on POSIX), see configured_service.
         encode = getattr(os.environ, "encodekey", str)
         self._service_env_keys = tuple(map(encode, self._service_env_vars))
         # Read by every probe call without a lock: a plain bool flips atomically.
@@ -208,13 +208,13 @@ class Integration:
             if not tracer.enabled:
                 return None
             if service is None:
-                service = self._configured_service()
+                service = self.configured_service() or self.service
         else:
             tracer = pin.tracer
             if not tracer or not tracer.enabled:
                 return None
             if service is None:
-                service = pin.service or self._configured_service()
+                service = pin.service or self.configured_service() or self.service
         span = tracer.trace(name, service=service, resource=resource, span_type=span_type)
         if preset is None:
             preset = self._preset
@@ -274,7 +274,8 @@ class Integration:
         span.meta["component"] = self.component  # a str: set_tag's conversion is not needed
         return span
 
-    def _configured_service(self) -> str:
+    def configured_service(self) -> str | None:
+        """The service that ``DD_<NAME>_SERVICE`` (or ``DD_<COMPONENT>_SERVICE``) names, if set."""
         # Read at every traced call (the environment may change at run time), so without
         # os.environ.get: that is four Python calls per variable (Mapping.get, __getitem__ and
         # the key/value codecs), ~1.5 us of the ~4 us a redis GET span adds (cProfile). The
@@ -291,7 +292,7 @@ class Integration:
                 value = data.get(key)
                 if value:  # b"" decodes to "": skipped either way
                     return environ.decodevalue(value)
-        return self.service
+        return None
 
     # -- the guarded probe protocol (used by rewrite hooks, wrappers and dbapi proxies) -----
 

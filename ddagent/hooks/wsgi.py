@@ -244,10 +244,9 @@ def _long_url(environ: dict) -> str:
 
 
 def _default_service(integration: Integration, tracer: Any) -> str:
-    # The registry's read of DD_<NAME>_SERVICE: os.environ.get costs ~1.2 us a request. It
-    # returns the integration's default object itself when the variable is unset (or empty).
-    configured = integration._configured_service()
-    if configured is not integration.service:
+    # The registry's read of DD_<NAME>_SERVICE: os.environ.get costs ~1.2 us a request.
+    configured = integration.configured_service()
+    if configured:
         return configured
     config = getattr(tracer, "config", None)
     if config is not None and config.sources.get("service") == "env DD_SERVICE":
