@@ -12,6 +12,8 @@ so payloads go out one at a time and in order over the one keep-alive connection
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import logging
 import os
 import threading
@@ -329,16 +331,18 @@ class AgentWriter:
             return True
 
     def _payload_bounds(self, traces: list[bytes]) -> list[tuple[int, int]]:
-        """Split ``traces`` into consecutive runs whose payload fits ``max_payload_bytes``."""
+        """Split ``traces`` into consecutive runs whose payload fits ``max_payload_bytes`` (a
+        trace too large alone still makes a run of one)."""
+        # Cumulative sizes and a binary search per payload: C speed, where a Python loop over
+        # every trace cost ~0.1 us a trace of the writer's CPU.
+        ends = list(itertools.accumulate(map(len, traces)))
+        room = self.max_payload_bytes - MAX_ARRAY_HEADER_SIZE
         bounds = []
-        start, size = 0, MAX_ARRAY_HEADER_SIZE
-        for index, encoded in enumerate(traces):
-            if index > start and size + len(encoded) > self.max_payload_bytes:
-                bounds.append((start, index))
-                start, size = index, MAX_ARRAY_HEADER_SIZE
-            size += len(encoded)
-        if start < len(traces):
-            bounds.append((start, len(traces)))
+        start, sent = 0, 0
+        while start < len(traces):
+            end = max(bisect.bisect_right(ends, sent + room, start), start + 1)
+            bounds.append((start, end))
+            start, sent = end, ends[end - 1]
         return bounds
 
     def _send_payload(
