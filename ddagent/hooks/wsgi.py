@@ -48,33 +48,33 @@ from typing import Any, Callable, Optional
 from urllib.parse import quote
 
 from ddagent.context import ACTIVE_SPAN
-from ddagent.hooks.http import SERVER_ERROR_STATUSES, status_code, url_tag
-from ddagent.hooks.registry import Integration, global_tracer
-from ddagent.hooks.wrappers import AroundProbe
-from ddagent.pin import Pin
-from ddagent.propagation import (
-    HTTP_HEADER_ORIGIN,
-    HTTP_HEADER_PARENT_ID,
-    HTTP_HEADER_SAMPLING_PRIORITY,
-    HTTP_HEADER_TAGS,
-    HTTP_HEADER_TRACE_ID,
-    HTTP_HEADER_TRACEPARENT,
-    HTTP_HEADER_TRACESTATE,
-    HTTPPropagator,
+from ddagent.hooks.http import (
+    PROPAGATION_HEADERS,
+    REQUEST_SPAN,
+    UNQUOTED,
+    RequestFacts,
+    base_url,
+    finish_request,
+    request_span,
+    server_host,
+    set_route,
+    set_status,
+    start_server_request,
+    url_tag,
 )
+from ddagent.hooks.registry import Integration
+from ddagent.hooks.wrappers import AroundProbe
 from ddagent.span import Span
 
-REQUEST_SPAN = "ddagent.request_span"  # the environ key holding the request's span
+# The request span's helpers are shared with the ASGI layer (hooks/http.py); frameworks keep
+# importing them from here.
+__all__ = ["REQUEST_SPAN", "TracedBody", "WSGIAppProbe", "WSGITraceMiddleware", "finish_request",
+           "request_span", "set_route", "start_request", "trace_wsgi_call"]
 
 WSGIApp = Callable[[dict, Callable], Iterable[bytes]]
 
 
 # -- the request span ------------------------------------------------------------------------
-
-
-def request_span(environ: dict) -> Optional[Span]:
-    """The span of the request ``environ`` belongs to, if it is traced."""
-    return environ.get(REQUEST_SPAN)
 
 
 def start_request(
@@ -90,149 +90,53 @@ def start_request(
     Returns None when the request must not be traced here: another layer already traces it,
     the Pin or the tracer is disabled, or the layer itself failed (counted, logged).
     """
-    if environ.get(REQUEST_SPAN) is not None:
-        return None
-    span = None
-    try:
-        pin = Pin.get_from(pin_from) if pin_from is not None else None
-        if pin is not None and not pin.enabled():
-            return None
-        tracer = tracer or (pin.tracer if pin is not None else None) or global_tracer()
-        if not tracer.enabled:
-            return None
-        service = service or (pin.service if pin is not None else None)
-        parent = _extract_context(environ)
-        span = tracer.trace(integration.name + ".request", child_of=parent, span_type="web",
-                            service=service or _default_service(integration, tracer))
-        method = environ.get("REQUEST_METHOD", "GET")
-        span.resource = method
-        # Straight into meta: these values are strs, so set_tag's conversion is not needed.
-        meta = span.meta
-        meta["component"] = integration.component
-        meta["span.kind"] = "server"
-        meta["http.method"] = method
-        meta["http.url"] = _url(environ)
-        user_agent = environ.get("HTTP_USER_AGENT")
-        if user_agent:
-            meta["http.useragent"] = user_agent
-        span.metrics["_dd.measured"] = 1.0  # a float, as set_metric would store it
-        if pin is not None and pin.tags:
-            for key, value in pin.tags.items():
-                span.set_tag(key, value)
-        environ[REQUEST_SPAN] = span
-        return span
-    except Exception as exc:
-        integration.probe_failed(exc)
-        if span is not None:
-            span.finish()
-        return None
+    return start_server_request(integration, environ, _read_environ, tracer=tracer,
+                                service=service, pin_from=pin_from)
 
 
-def set_route(span: Optional[Span], route: str, resource_name: Optional[str] = None) -> None:
-    """Name the request after its route: ``http.route`` and resource ``METHOD <resource_name
-    or route>``. Does nothing for an untraced request (``span`` None)."""
-    if span is None:
-        return
-    span.set_tag("http.route", route)
-    span.resource = f"{span.meta.get('http.method')} {resource_name or route}"
-
-
-def finish_request(span: Span, integration: Integration, exc: Optional[BaseException] = None,
-                   status: Any = None) -> None:
-    """End the request span: record ``exc`` and ``status``, mark 5xx, name unrouted requests.
-
-    Does nothing if the span has ended already."""
-    if span.finished:
-        return
-    try:
-        meta = span.meta
-        if status is not None:
-            _set_status(span, status)
-        if exc is not None and not isinstance(exc, GeneratorExit):
-            span.set_exc_info(type(exc), exc, exc.__traceback__)
-            meta.setdefault("http.status_code", "500")
-        tag = meta.get("http.status_code")
-        code = _STATUS_CODES.get(tag) or status_code(tag)
-        if code in SERVER_ERROR_STATUSES:
-            span.error = 1
-        if code == 404 and "http.route" not in meta:
-            span.resource = f"{meta.get('http.method')} 404"
-    except Exception as error:
-        integration.probe_failed(error)
-    span.finish()
-
-
-# The status codes by their tag ("200" -> 200), so the usual statuses are read without
-# status_code()'s parsing: about 0.3 us twice a request.
-_STATUS_CODES = {str(code): code for code in range(100, 600)}
-
-
-def _set_status(span: Span, status: Any) -> None:
-    if type(status) is str and status[:3] in _STATUS_CODES and status[3:4] in (" ", ""):
-        span.meta["http.status_code"] = status[:3]  # "200 OK", as status_code() would read it
-        return
-    code = status_code(status)
-    if code is not None:
-        span.meta["http.status_code"] = str(code)
+def _read_environ(environ: dict) -> RequestFacts:
+    return (environ.get("REQUEST_METHOD", "GET"), _url(environ),
+            environ.get("HTTP_USER_AGENT"), _propagation_headers(environ))
 
 
 # The environ keys of the propagation headers (``x-datadog-trace-id`` -> HTTP_X_DATADOG_TRACE_ID).
-_PROPAGATION_KEYS = {
-    "HTTP_" + header.upper().replace("-", "_"): header
-    for header in (HTTP_HEADER_TRACE_ID, HTTP_HEADER_PARENT_ID, HTTP_HEADER_SAMPLING_PRIORITY,
-                   HTTP_HEADER_ORIGIN, HTTP_HEADER_TAGS, HTTP_HEADER_TRACEPARENT,
-                   HTTP_HEADER_TRACESTATE)
-}
+_PROPAGATION_KEYS = {"HTTP_" + header.upper().replace("-", "_"): header
+                     for header in PROPAGATION_HEADERS}
 
 
-def _extract_context(environ: dict) -> Any:
-    """The trace context of the request's propagation headers, or None.
+def _propagation_headers(environ: dict) -> Optional[dict]:
+    """The request's propagation headers, or None.
 
     Only those headers are read: without a trace id or a traceparent there is no context, which
     spares the usual untraced-upstream request any header work."""
     if "HTTP_X_DATADOG_TRACE_ID" not in environ and "HTTP_TRACEPARENT" not in environ:
         return None
-    return HTTPPropagator.extract({header: environ[key] for key, header in
-                                   _PROPAGATION_KEYS.items() if key in environ})
+    return {header: environ[key] for key, header in _PROPAGATION_KEYS.items() if key in environ}
 
 
-# url_tag of "scheme://host/" per (scheme, host): parsing the host is most of the tag's cost and
-# a server sees few hosts. Bounded, as the Host header comes from the client.
-_BASE_URLS: dict[tuple[str, str], str] = {}
-_BASE_URLS_MAX = 256
-_HOST_DELIMITERS = frozenset("/?#\\")
-# What wsgiref's quote() leaves alone in PATH_INFO and SCRIPT_NAME: a path made only of these
-# is its own quoted form, which spares quote()'s three Python calls on nearly every request.
-_UNQUOTED = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-~/"
-_PATH_INFO_UNQUOTED = _UNQUOTED + ";=,"
+# What wsgiref's quote() leaves alone in PATH_INFO: a path made only of these is its own quoted
+# form (see UNQUOTED).
+_PATH_INFO_UNQUOTED = UNQUOTED + ";=,"
 
 
 def _url(environ: dict) -> str:
     """The ``http.url`` tag: ``url_tag(wsgiref.util.request_uri(environ, include_query=False))``,
     with the scheme-and-host part computed once per host."""
     scheme = environ["wsgi.url_scheme"]
-    host = environ.get("HTTP_HOST")
-    if not host:
-        host = environ["SERVER_NAME"]
-        port = environ["SERVER_PORT"]
-        if port != ("443" if scheme == "https" else "80"):
-            host += ":" + port
+    host = server_host(scheme, environ.get("HTTP_HOST"), environ.get("SERVER_NAME", ""),
+                       environ.get("SERVER_PORT", ""))
     script_name = environ.get("SCRIPT_NAME", "")
     if script_name and script_name[0] != "/":
         return _long_url(environ)
-    base = _BASE_URLS.get((scheme, host))  # only hosts that pass the check below are cached
+    base = base_url(scheme, host)
     if base is None:
-        if not _HOST_DELIMITERS.isdisjoint(host):
-            return _long_url(environ)
-        base = url_tag(f"{scheme}://{host}/")[:-1]
-        if len(_BASE_URLS) < _BASE_URLS_MAX:
-            _BASE_URLS[(scheme, host)] = base
+        return _long_url(environ)
     # wsgiref's quoting of the path, so the tag reads exactly as before.
     path_info = environ.get("PATH_INFO", "")
     if path_info.strip(_PATH_INFO_UNQUOTED):  # strip() leaves something: a char to quote
         path_info = quote(path_info, safe="/;=,", encoding="latin1")
     if script_name:
-        if script_name.strip(_UNQUOTED):
+        if script_name.strip(UNQUOTED):
             script_name = quote(script_name, encoding="latin1")
         return base + script_name + path_info
     return base + "/" + path_info[1:]
@@ -241,17 +145,6 @@ def _url(environ: dict) -> str:
 def _long_url(environ: dict) -> str:
     # For requests unusual enough that the host and path do not split where _url expects.
     return url_tag(wsgiref.util.request_uri(environ, include_query=False))
-
-
-def _default_service(integration: Integration, tracer: Any) -> str:
-    # The registry's read of DD_<NAME>_SERVICE: os.environ.get costs ~1.2 us a request.
-    configured = integration.configured_service()
-    if configured:
-        return configured
-    config = getattr(tracer, "config", None)
-    if config is not None and config.sources.get("service") == "env DD_SERVICE":
-        return config.service
-    return integration.service
 
 
 # -- running a WSGI application inside the request span -------------------------------------
@@ -275,7 +168,7 @@ def trace_wsgi_call(
 
     def traced_start_response(status: str, headers: list, *exc_info: Any) -> Any:
         try:
-            _set_status(span, status)
+            set_status(span, status)
         except Exception as error:
             integration.probe_failed(error)
         return start_response(status, headers, *exc_info)
