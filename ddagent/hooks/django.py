@@ -40,7 +40,7 @@ from typing import Any, Callable
 
 from ddagent.config import env_bool
 from ddagent.context import ACTIVE_SPAN
-from ddagent.hooks import dbapi, wsgi
+from ddagent.hooks import asgi, dbapi, http, wsgi
 from ddagent.hooks.registry import FunctionProbe, Integration
 from ddagent.hooks.wrappers import AroundProbe, WrapperProbe, call_probed
 from ddagent.pin import Pin
@@ -89,30 +89,76 @@ def _around_get_response(integration: Integration, wrapped: Callable, handler: A
     WSGIRequest's ``META`` is the WSGI environ, so both find the span at the same key.
     """
     request = args[0] if args else kwargs.get("request")
-    environ = getattr(request, "META", None)
-    if not isinstance(environ, dict):
+    if not isinstance(getattr(request, "META", None), dict):
         return wrapped(*args, **kwargs)
-    own = wsgi.start_request(integration, environ, pin_from=handler)
+    own = _start_own_request(integration, request, handler)
     try:
         response = wrapped(*args, **kwargs)
     except BaseException as exc:
         if own is not None:
-            wsgi.finish_request(own, integration, exc)
+            http.finish_request(own, integration, exc)
         raise
+    _end_own_request(integration, request, response, own)
+    return response
+
+
+def _around_get_response_async(integration: Integration, wrapped: Callable, handler: Any,
+                               args: tuple, kwargs: dict) -> Any:
+    """``get_response_async``: :func:`_around_get_response` for ASGI requests.
+
+    Under an ASGI server the request span comes from ``ASGIHandler.__call__`` (``hooks/asgi.py``)
+    and is found in ``request.scope``; ``AsyncClient`` calls this method directly and gets its
+    root here."""
+    request = args[0] if args else kwargs.get("request")
+    if not isinstance(getattr(request, "META", None), dict):
+        return wrapped(*args, **kwargs)
+    return _get_response_async(integration, wrapped(*args, **kwargs), request, handler)
+
+
+async def _get_response_async(integration: Integration, call: Any, request: Any,
+                              handler: Any) -> Any:
+    own = _start_own_request(integration, request, handler)
     try:
-        _tag_response(wsgi.request_span(environ), request, response)
+        response = await call
+    except BaseException as exc:
+        if own is not None:
+            http.finish_request(own, integration, exc)
+        raise
+    _end_own_request(integration, request, response, own)
+    return response
+
+
+def _carrier(request: Any) -> dict:
+    """Where the request's span is kept: the ASGI scope of an ASGIRequest, else ``META`` (the
+    WSGI environ)."""
+    scope = getattr(request, "scope", None)
+    return scope if isinstance(scope, dict) else request.META
+
+
+def _span_of(request: Any) -> Any:
+    return http.request_span(_carrier(request))
+
+
+def _start_own_request(integration: Integration, request: Any, handler: Any) -> Any:
+    carrier = _carrier(request)
+    start = wsgi.start_request if carrier is request.META else asgi.start_request
+    return start(integration, carrier, pin_from=handler)
+
+
+def _end_own_request(integration: Integration, request: Any, response: Any, own: Any) -> None:
+    try:
+        _tag_response(_span_of(request), request, response)
         if own is not None:
             status = getattr(response, "status_code", None)
             if getattr(response, "streaming", False):
                 # Ends when the caller closes the response (the test client does, after the
                 # last chunk), so the streamed body is inside the request span.
                 response._resource_closers.append(
-                    lambda: wsgi.finish_request(own, integration, status=status))
+                    lambda: http.finish_request(own, integration, status=status))
             else:
-                wsgi.finish_request(own, integration, status=status)
+                http.finish_request(own, integration, status=status)
     except Exception as error:
         integration.probe_failed(error)
-    return response
 
 
 def _around_resolve_request(integration: Integration, wrapped: Callable, handler: Any,
@@ -120,12 +166,12 @@ def _around_resolve_request(integration: Integration, wrapped: Callable, handler
     match = wrapped(*args, **kwargs)
     try:
         request = args[0] if args else kwargs.get("request")
-        span = wsgi.request_span(request.META)
+        span = _span_of(request)
         view = match._func_path
         if span is not None:
             span.set_tag("django.view", view)
             if match.route:
-                wsgi.set_route(span, match.route)
+                http.set_route(span, match.route)
             else:
                 span.resource = f"{request.method} {view}"
         active = ACTIVE_SPAN.get()
@@ -168,7 +214,7 @@ def _tag_user(span: Any, request: Any) -> None:
 def _record_uncaught_exception(integration: Integration, request: Any, resolver: Any,
                                exc_info: Any) -> None:
     """Django turned an exception into a 500 page: put the exception on the request span."""
-    span = wsgi.request_span(getattr(request, "META", {}))
+    span = _span_of(request) if isinstance(getattr(request, "META", None), dict) else None
     if span is not None and exc_info and exc_info[0] is not None:
         span.set_exc_info(*exc_info)
     return None
@@ -254,10 +300,38 @@ def _around_view(integration: Integration, wrapped: Callable, handler: Any, args
         span.finish()
 
 
+def _around_view_async(integration: Integration, wrapped: Callable, handler: Any, args: tuple,
+                       kwargs: dict) -> Any:
+    """``_get_response_async`` inside a ``django.view`` span (see :func:`_around_view`).
+
+    A sync view runs in ``sync_to_async``'s thread, in a copy of this context: the view span is
+    active there, so its database, template and cache spans are its children."""
+    return _view_async(integration, wrapped(*args, **kwargs))
+
+
+async def _view_async(integration: Integration, call: Any) -> Any:
+    span = None
+    if _settings["sub_spans"]:
+        try:
+            span = integration.start_child_span("django.view", resource="django.view")
+        except Exception as error:
+            integration.probe_failed(error)
+    if span is None:
+        return await call
+    try:
+        return await call
+    except BaseException as exc:
+        if not _is_client_error(exc):
+            span.set_exc_info(type(exc), exc, exc.__traceback__)
+        raise
+    finally:
+        span.finish()
+
+
 def _is_client_error(exc: BaseException) -> bool:
-    http = sys.modules.get("django.http")
+    django_http = sys.modules.get("django.http")
     exceptions = sys.modules.get("django.core.exceptions")
-    return ((http is not None and isinstance(exc, http.Http404))
+    return ((django_http is not None and isinstance(exc, django_http.Http404))
             or (exceptions is not None and isinstance(exc, exceptions.PermissionDenied)))
 
 
@@ -405,8 +479,11 @@ integration = Integration(
     span_kind="",  # the request root is "server" (wsgi.py), DB and cache spans "client"
     probes=[
         wsgi.WSGIAppProbe("django.core.handlers.wsgi", "WSGIHandler.__call__"),
+        asgi.ASGIAppProbe("django.core.handlers.asgi", "ASGIHandler.__call__"),
         AroundProbe("django.core.handlers.base", "BaseHandler.get_response",
                     _around_get_response),
+        AroundProbe("django.core.handlers.base", "BaseHandler.get_response_async",
+                    _around_get_response_async),
         AroundProbe("django.core.handlers.base", "BaseHandler.resolve_request",
                     _around_resolve_request),
         FunctionProbe("django.core.handlers.exception", "handle_uncaught_exception",
@@ -414,6 +491,8 @@ integration = Integration(
         WrapperProbe("django.core.handlers.base", "convert_exception_to_response",
                      on_result=_trace_middleware),
         AroundProbe("django.core.handlers.base", "BaseHandler._get_response", _around_view),
+        AroundProbe("django.core.handlers.base", "BaseHandler._get_response_async",
+                    _around_view_async),
         FunctionProbe("django.template.base", "Template.render", on_call=_template_span),
         FunctionProbe("django.db.backends.utils", "CursorWrapper._execute",
                       on_call=_query_span, on_return=_record_row_count),

@@ -8,4 +8,6 @@ urlpatterns = [
     path("boom/", views.boom),
     path("stream/", views.stream),
     path("class/", views.ClassView.as_view()),
+    path("async/", views.async_view),
+    path("async-boom/", views.async_boom),
 ]

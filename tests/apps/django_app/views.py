@@ -1,6 +1,7 @@
 """Views covering what the tracer must see: a template, the cache, sqlite and PostgreSQL
 queries, the logged-in user, an exception (500) and a streamed body."""
 
+from asgiref.sync import sync_to_async
 from django.core.cache import cache
 from django.db import connections
 from django.http import HttpResponse, JsonResponse, StreamingHttpResponse
@@ -50,3 +51,18 @@ def stream(request):
 class ClassView(View):
     def get(self, request):
         return HttpResponse("class-based")
+
+
+async def async_view(request):
+    """An async view: runs on the event loop under ASGI, with a sync query through asgiref."""
+
+    def query():
+        with connections["default"].cursor() as cursor:
+            cursor.execute("select 3")
+
+    await sync_to_async(query)()
+    return HttpResponse("async")
+
+
+async def async_boom(request):
+    raise ValueError("the async view failed")

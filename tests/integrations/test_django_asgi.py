@@ -1,0 +1,323 @@
+"""Django under ASGI: the ASGI application called in-process, ``AsyncClient``, and uvicorn
+(under ``python -m ddagent``), against the test agent; plus the shared ASGI layer's own rules
+(``hooks/asgi.py``) on a bare ASGI application."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+pytest.importorskip("django")
+pytest.importorskip("psycopg2")
+
+from django.core.asgi import get_asgi_application  # noqa: E402
+from django.test import AsyncClient  # noqa: E402
+
+from ddagent import probes  # noqa: E402
+from ddagent.hooks.asgi import trace_asgi_call  # noqa: E402
+from ddagent.hooks.http import request_span, set_route  # noqa: E402
+from ddagent.hooks.registry import Integration  # noqa: E402
+from ddagent.stats import STATS  # noqa: E402
+from tests.integrations.conftest import spans_named  # noqa: E402
+from tests.integrations.test_django import (  # noqa: E402  (sets Django up)
+    SQLITE_PATH,
+    by_id,
+    django_probes,  # noqa: F401  (a fixture)
+    get,
+    root_of,
+    user,  # noqa: F401  (a fixture)
+)
+from tests.testagent import REPO, free_port, python_env  # noqa: E402
+
+
+async def _call(app, scope: dict) -> tuple[list[dict], BaseException | None]:
+    messages = [{"type": "http.request", "body": b"", "more_body": False}]
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop()
+        await asyncio.Event().wait()  # no disconnect: Django cancels this wait itself
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    try:
+        await app(scope, receive, send)
+    except BaseException as exc:  # noqa: BLE001  (the tests look at what escaped)
+        return sent, exc
+    return sent, None
+
+
+def http_scope(path: str, headers: dict | None = None) -> dict:
+    return {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"q=1",
+        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("127.0.0.1", 8000),
+        "headers": [(b"host", b"example.com"), (b"user-agent", b"test-ua")]
+        + [(k.encode(), v.encode()) for k, v in (headers or {}).items()],
+    }
+
+
+@pytest.fixture
+def app(django_probes):  # noqa: F811
+    """The project's ASGI application, built once Django is instrumented: its middleware chain
+    holds the view layer's probes from then on (as ``python -m ddagent`` arranges)."""
+    return get_asgi_application()
+
+
+def asgi_get(app, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+    """GET ``path`` from the ASGI ``app``, in-process, on a new event loop."""
+    sent, exc = asyncio.run(_call(app, http_scope(path, headers)))
+    assert exc is None, exc
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], body
+
+
+def test_sync_view_with_postgres(app, agent_tracer, test_agent):
+    assert asgi_get(app, "/users/7/") == (200, b'{"pk": 7, "user": "AnonymousUser", '
+                                          b'"authenticated": false}')
+    agent_tracer.flush(10)
+
+    [trace] = test_agent.wait_for_traces(1)
+    root, spans = root_of(trace), by_id(trace)
+    assert (root["name"], root["service"], root["type"], root["error"]) == \
+        ("django.request", "django", "web", 0)
+    assert root["resource"] == "GET users/<int:pk>/"
+    assert root["metrics"]["_dd.measured"] == 1
+    assert root["meta"].items() >= {
+        "component": "django", "span.kind": "server", "http.method": "GET",
+        "http.url": "http://example.com/users/7/", "http.route": "users/<int:pk>/",
+        "http.status_code": "200", "http.useragent": "test-ua",
+        "django.view": "tests.apps.django_app.views.user_detail",
+        "django.request.class": "django.core.handlers.asgi.ASGIRequest",
+        "django.response.class": "django.http.response.JsonResponse",
+        "django.user.is_authenticated": "False",
+    }.items()
+    # The sync middleware and view run in sync_to_async's thread, under the request's trace.
+    [view] = spans_named([trace], "django.view")
+    assert view["resource"] == "tests.apps.django_app.views.user_detail"
+    [query] = spans_named([trace], "postgres.query")
+    assert spans[query["parent_id"]] is view
+    assert query["resource"] == "select %s"
+    assert query["meta"]["django.db.alias"] == "postgres"
+    parent = view
+    while parent["parent_id"]:  # the view descends from the root, through the middleware
+        parent = spans[parent["parent_id"]]
+    assert parent is root
+    test_agent.assert_no_check_failures()
+
+
+def test_async_view(app, agent_tracer, test_agent):
+    assert asgi_get(app, "/async/") == (200, b"async")
+    agent_tracer.flush(10)
+
+    [trace] = test_agent.wait_for_traces(1)
+    root, spans = root_of(trace), by_id(trace)
+    assert root["resource"] == "GET async/"
+    assert root["meta"]["django.view"] == "tests.apps.django_app.views.async_view"
+    [view] = spans_named([trace], "django.view")
+    assert view["resource"] == "tests.apps.django_app.views.async_view"
+    [query] = spans_named([trace], "sqlite.query")  # run through sync_to_async
+    assert spans[query["parent_id"]] is view
+    assert query["resource"] == "select ?"
+    assert root["start"] + root["duration"] >= view["start"] + view["duration"]
+
+
+def test_404_and_500(app, agent_tracer, test_agent):
+    assert asgi_get(app, "/missing/")[0] == 404
+    assert asgi_get(app, "/boom/")[0] == 500
+    assert asgi_get(app, "/async-boom/")[0] == 500
+    agent_tracer.flush(10)
+
+    traces = test_agent.wait_for_traces(3)
+    roots = {root_of(t)["meta"]["http.url"]: (root_of(t), t) for t in traces}
+    missing, _ = roots["http://example.com/missing/"]
+    assert (missing["resource"], missing["error"], missing["meta"]["http.status_code"]) == \
+        ("GET 404", 0, "404")
+    for path, message in (("boom/", "the view failed"), ("async-boom/", "the async view failed")):
+        root, trace = roots["http://example.com/" + path]
+        assert (root["resource"], root["error"], root["meta"]["http.status_code"]) == \
+            ("GET " + path, 1, "500")
+        assert root["meta"]["error.type"] == "builtins.ValueError"
+        assert root["meta"]["error.message"] == message
+        assert "views.py" in root["meta"]["error.stack"]
+        [view] = spans_named([trace], "django.view")
+        assert view["error"] == 1
+
+
+def test_propagation_headers_continue_the_trace(app, agent_tracer, test_agent):
+    upstream = {"x-datadog-trace-id": "1234567", "x-datadog-parent-id": "7654321",
+                "x-datadog-sampling-priority": "2"}
+    assert asgi_get(app, "/class/", upstream)[0] == 200
+    agent_tracer.flush(10)
+
+    [trace] = test_agent.wait_for_traces(1)
+    root = next(s for s in trace if s["name"] == "django.request")
+    assert (root["trace_id"], root["parent_id"]) == (1234567, 7654321)
+    # The upstream's decision, on the chunk root (the chunk's first span).
+    assert trace[0]["metrics"]["_sampling_priority_v1"] == 2
+    assert {s["trace_id"] for s in trace} == {1234567}
+
+
+def test_async_client(app, agent_tracer, test_agent):
+    """``AsyncClient`` skips ``ASGIHandler.__call__``: its root comes from get_response_async."""
+    response = asyncio.run(AsyncClient(headers={"user-agent": "test-ua"}).get("/async/"))
+    assert response.status_code == 200
+    agent_tracer.flush(10)
+
+    [trace] = test_agent.wait_for_traces(1)
+    root = root_of(trace)
+    assert (root["name"], root["resource"]) == ("django.request", "GET async/")
+    assert root["meta"]["http.url"] == "http://testserver/async/"
+    assert root["meta"]["http.status_code"] == "200"
+    assert len(spans_named([trace], "sqlite.query")) == 1
+
+
+def test_disabled_at_run_time_traces_nothing(app, agent_tracer, list_writer):
+    assert asgi_get(app, "/class/")[0] == 200
+    assert [s.name for s in list_writer.spans if s.name == "django.request"] == ["django.request"]
+    probes.disable("django")
+    del list_writer.spans[:]
+    assert asgi_get(app, "/users/1/")[0] == 200
+    assert asgi_get(app, "/async/")[0] == 200
+    assert list_writer.spans == []
+
+
+def test_lifespan_and_websocket_pass_through(app, list_writer):
+    for kind in ("lifespan", "websocket"):
+        _, exc = asyncio.run(_call(app, {"type": kind}))
+        assert isinstance(exc, ValueError)  # Django's own refusal, unchanged
+    assert list_writer.spans == []
+
+
+# -- the shared ASGI layer on a bare application ---------------------------------------------
+
+DEMO = Integration("demo", service="demo", span_kind="server", probes=[])
+
+
+class Boom(Exception):
+    pass
+
+
+async def bare_app(scope, receive, send):
+    set_route(request_span(scope), "/items/<id>")
+    if scope["path"] == "/raise":
+        raise Boom("app failed")
+    status = 503 if scope["path"] == "/fail" else 200
+    await send({"type": "http.response.start", "status": status, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+def traced(scope: dict) -> tuple[list[dict], BaseException | None]:
+    async def app(scope, receive, send):
+        return await trace_asgi_call(DEMO, bare_app, scope, receive, send)
+
+    return asyncio.run(_call(app, scope))
+
+
+def test_bare_app_statuses_and_exceptions(list_writer):
+    assert traced(http_scope("/ok"))[1] is None
+    assert traced(http_scope("/fail"))[1] is None
+    _, exc = traced(http_scope("/raise"))
+    assert isinstance(exc, Boom)  # the application's exception, unchanged
+    ok, fail, raised = list_writer.spans
+    assert (ok.name, ok.resource, ok.error, ok.meta["http.status_code"]) == \
+        ("demo.request", "GET /items/<id>", 0, "200")
+    assert ok.meta["http.url"] == "http://example.com/ok"  # no query string
+    assert (fail.error, fail.meta["http.status_code"]) == (1, "503")
+    assert (raised.error, raised.meta["http.status_code"]) == (1, "500")
+    assert raised.meta["error.type"] == f"{__name__}.Boom"
+
+
+def test_url_without_host_header_and_quoted_path(list_writer):
+    scope = http_scope("/caf\u00e9 x")
+    scope["headers"] = []
+    scope["server"] = ("10.0.0.1", 8080)
+    assert traced(scope)[1] is None
+    [span] = list_writer.spans
+    assert span.meta["http.url"] == "http://10.0.0.1:8080/caf%C3%A9%20x"
+    assert "http.useragent" not in span.meta
+
+
+def test_a_layer_failure_leaves_the_request_untraced(list_writer):
+    scope = http_scope("/ok")
+    scope["headers"] = [(b"host",)]  # not a (name, value) pair: the layer's reading fails
+    before = STATS.snapshot().get("probes.errors.demo", 0)
+    sent, exc = traced(scope)
+    assert exc is None and sent[0]["status"] == 200  # the application ran as if untraced
+    assert list_writer.spans == []
+    assert STATS.snapshot().get("probes.errors.demo", 0) == before + 1
+
+
+# -- a real ASGI server ------------------------------------------------------------------------
+
+@pytest.fixture
+def uvicorn(test_agent, user, tmp_path):  # noqa: F811
+    """The project's ASGI application under ``python -m ddagent -m uvicorn``."""
+    pytest.importorskip("uvicorn")
+    port = free_port()
+    env = python_env(test_agent, DJANGO_SQLITE_PATH=SQLITE_PATH,
+                     DJANGO_SETTINGS_MODULE="tests.apps.django_app.settings")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "ddagent", "-m", "uvicorn", "--host", "127.0.0.1",
+         "--port", str(port), "--no-access-log", "tests.apps.django_app.asgi:application"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + "/class/", timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"uvicorn did not start: {proc.communicate()[0].decode()}")
+            time.sleep(0.2)
+    yield url
+    os.kill(proc.pid, signal.SIGTERM)
+    output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal
+
+
+def test_uvicorn_under_the_launcher(uvicorn, test_agent):
+    test_agent.wait_for_traces(1)  # the start-up probe
+    test_agent.start_session()
+    parent = {"x-datadog-trace-id": "1234567", "x-datadog-parent-id": "7654321",
+              "x-datadog-sampling-priority": "1"}
+    assert get(uvicorn + "/users/5/", parent)[0] == 200
+    assert get(uvicorn + "/async/") == (200, b"async")
+    assert get(uvicorn + "/async-boom/")[0] == 500
+
+    traces = test_agent.wait_for_traces(3, timeout=20)
+    assert len(traces) == 3
+    roots = {}
+    for trace in traces:
+        [root] = spans_named([trace], "django.request")  # never traced twice
+        roots[root["resource"]] = (root, trace)
+    host = uvicorn.split("//")[1]
+
+    user_root, user_trace = roots["GET users/<int:pk>/"]
+    assert (user_root["trace_id"], user_root["parent_id"]) == (1234567, 7654321)
+    assert user_root["meta"]["http.url"] == f"http://{host}/users/5/"
+    assert user_root["meta"]["django.request.class"] == "django.core.handlers.asgi.ASGIRequest"
+    [query] = [s for s in spans_named([user_trace], "postgres.query")
+               if s["resource"] == "select %s"]
+    assert by_id(user_trace)[query["parent_id"]]["name"] == "django.view"
+
+    async_root, async_trace = roots["GET async/"]
+    assert async_root["meta"]["http.status_code"] == "200"
+    [query] = [s for s in spans_named([async_trace], "sqlite.query")
+               if s["resource"] == "select ?"]
+    assert by_id(async_trace)[query["parent_id"]]["name"] == "django.view"
+
+    boom, _ = roots["GET async-boom/"]
+    assert (boom["error"], boom["meta"]["http.status_code"]) == (1, "500")
+    assert boom["meta"]["error.type"] == "builtins.ValueError"
