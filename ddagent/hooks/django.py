@@ -3,16 +3,22 @@
 Everything is probed inside Django itself, so nothing has to be added to ``INSTALLED_APPS`` or
 ``MIDDLEWARE``:
 
-- ``BaseHandler.get_response`` (WSGI and Django's test client) → the request root
-  ``django.request`` (type ``web``), resource ``GET <route>`` (the URL pattern, e.g.
-  ``GET users/<int:pk>/``), else ``GET <module.view>``, else ``GET 404``. Under a WSGI server the
-  root comes from the shared WSGI layer (``hooks/wsgi.py``) and this probe only names it.
+- ``BaseHandler.get_response`` (WSGI and Django's test client) and ``get_response_async``
+  (ASGI and ``AsyncClient``) → the request root ``django.request`` (type ``web``), resource
+  ``GET <route>`` (the URL pattern, e.g. ``GET users/<int:pk>/``), else ``GET <module.view>``,
+  else ``GET 404``. Under a WSGI server the root comes from the shared WSGI layer
+  (``hooks/wsgi.py``, ``WSGIHandler.__call__``), under an ASGI server from the ASGI layer
+  (``hooks/asgi.py``, ``ASGIHandler.__call__``; the span is kept in ``request.scope``), and
+  these probes only name it.
 - ``convert_exception_to_response``, as ``load_middleware`` calls it for every middleware →
   a ``django.middleware`` span around each middleware (resource ``<module.Class>.__call__``).
   Its ``process_view``/``process_exception`` hooks run inside the view span, untraced alone.
-- ``BaseHandler._get_response`` → ``django.view`` (resource: the view's dotted path); it covers
-  URL resolution, the view middleware hooks and the view. A 404 or 403 raised there is not an
-  error; any other exception is, and Django's 500 page puts it on the request span too.
+  Under ASGI, middleware that run as coroutines have no span of their own (the sync ones,
+  which Django runs through ``sync_to_async``, keep theirs).
+- ``BaseHandler._get_response`` and ``_get_response_async`` → ``django.view`` (resource: the
+  view's dotted path); it covers URL resolution, the view middleware hooks and the view. A 404
+  or 403 raised there is not an error; any other exception is, and Django's 500 page puts it
+  on the request span too.
 - ``Template.render`` → ``django.template.render`` (type ``template``).
 - ``CursorWrapper._execute``/``_executemany`` → ``<vendor>.query`` (``sqlite.query``,
   ``postgres.query``…; service ``<alias>db``), unless the driver's own integration (sqlite3,

@@ -1,7 +1,8 @@
 """The WSGI request layer that every web framework integration reuses.
 
 One request is one span, ``<integration name>.request`` (type ``web``, ``span.kind=server``),
-parent of everything the request does. This module owns that span's whole life:
+parent of everything the request does. This module owns that span's whole life (its start,
+naming and end are shared with the ASGI layer, ``hooks/asgi.py``, through ``hooks/http.py``):
 
 - **Start.** The trace context is extracted from the request headers (Datadog and W3C, through
   :class:`~ddagent.propagation.HTTPPropagator`); headers that do not parse give a fresh trace.
