@@ -12,24 +12,13 @@ from __future__ import annotations
 
 import os
 import random
-import time
 
 _rng = random.Random()
-# The private generator's method (stays valid across the fork reseed); Span inlines
-# ``getrandbits(64) or 1`` instead of calling new_span_id, one Python call less per span.
+# The private generator's method (stays valid across the fork reseed). Span.__init__ makes the
+# ids with it inline, as laid out above: a span id is ``getrandbits(64) or 1``.
 getrandbits = _rng.getrandbits
 
 LOW_64 = (1 << 64) - 1
-
-
-def new_span_id() -> int:
-    """A random non-zero 64-bit id."""
-    return getrandbits(64) or 1
-
-
-def new_trace_id() -> int:
-    """A 128-bit trace id: unix seconds in the top 32 bits, zeros, then 64 random non-zero bits."""
-    return (int(time.time()) << 96) | (getrandbits(64) or 1)
 
 
 def _reseed() -> None:

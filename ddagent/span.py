@@ -66,7 +66,7 @@ class Span:
             start_ns = self.start_ns = int(start * 1e9)
             # A start in the future counts as now, so durations stay non-negative.
             self._start_monotonic_ns = _monotonic_ns() - max(0, _time_ns() - start_ns)
-        # ids.new_trace_id and new_span_id, inlined (the start time is the trace id's top half).
+        # The ids as ddagent/ids.py lays them out; the trace id's top half is the start second.
         self.trace_id = trace_id or (
             ((start_ns // 1_000_000_000) << 96) | (getrandbits(64) or 1))
         self.span_id = span_id or getrandbits(64) or 1
