@@ -1,7 +1,8 @@
 """PyMongo 4.x: one ``pymongo.cmd`` span per command sent to the server.
 
-Every command of the synchronous driver leaves through one of three methods, probed by
-rewriting their code:
+Every command leaves through one of three methods, probed by rewriting their code, in the
+synchronous driver (``pymongo.synchronous``) and the same ones, as coroutines, in the asyncio
+driver (``pymongo.asynchronous``, ``AsyncMongoClient``, 4.9+):
 
 - ``Connection.command``: single commands (``insert`` of one document, ``update``, ``delete``,
   ``aggregate``, ``createIndexes``, ``findAndModify``, ``ping``, ...). Calls made with event
@@ -15,8 +16,8 @@ All three are what pymongo's re-authentication decorator returns, a ``(*args, **
 function, so the probes read the parameters from those; a call retried after
 re-authentication is one span.
 MongoEngine talks to the server through these same functions, so its operations appear as
-these spans (see ``hooks/mongoengine.py``). Not covered: ``pymongo.asynchronous``, the
-``MongoClient.bulk_write`` API of MongoDB 8 and unacknowledged (``w=0``) bulk writes.
+these spans (see ``hooks/mongoengine.py``). Not covered: the ``MongoClient.bulk_write`` API of
+MongoDB 8 and unacknowledged (``w=0``) bulk writes.
 
 Span: name ``pymongo.cmd``, service ``pymongo``, type ``mongodb``; resource
 ``<command> <collection> <filter shape>``, where the filter shape is the command's filter as
@@ -32,7 +33,6 @@ the exception type pymongo raises for it.
 from __future__ import annotations
 
 import json
-from types import ModuleType
 from typing import Any, Mapping, Optional
 
 from ddagent.hooks.registry import FunctionProbe, Integration
@@ -163,26 +163,28 @@ def _shape_json(query: Mapping) -> str:
     return text if len(text) <= MAX_QUERY_LENGTH else text[:MAX_QUERY_LENGTH] + "..."
 
 
-class _ServerRunOperationProbe(FunctionProbe):
-    """``Server.run_operation``, which pymongo 4.18 replaced by ``_CursorBase._run_with_conn``."""
-
-    def install(self, module: ModuleType, integration: Integration) -> Any:
-        if not hasattr(module.Server, "run_operation"):
-            return None
-        return super().install(module, integration)
+def _driver_probes(package: str, connection: str, cursor: str, bulk: str) -> list[FunctionProbe]:
+    """The probes of one driver: ``package`` is ``pymongo.synchronous`` or its asyncio twin,
+    whose classes carry other names and whose methods are coroutines."""
+    return [
+        FunctionProbe(f"{package}.pool", f"{connection}.command",
+                      on_call=_command_span, on_return=_record_write_errors),
+        # find/getMore: _run_with_conn from 4.18, Server.run_operation before.
+        FunctionProbe(f"{package}.cursor_base", f"{cursor}._run_with_conn",
+                      on_call=_cursor_batch_span, on_return=_record_rows, optional=True),
+        FunctionProbe(f"{package}.server", "Server.run_operation",
+                      on_call=_operation_span, on_return=_record_rows, optional=True),
+        FunctionProbe(f"{package}.bulk", f"{bulk}.write_command",
+                      on_call=_bulk_span, on_return=_record_write_errors),
+    ]
 
 
 integration = Integration(
     "pymongo",
     service="pymongo",
     probes=[
-        FunctionProbe("pymongo.synchronous.pool", "Connection.command",
-                      on_call=_command_span, on_return=_record_write_errors),
-        FunctionProbe("pymongo.synchronous.cursor_base", "_CursorBase._run_with_conn",
-                      on_call=_cursor_batch_span, on_return=_record_rows),
-        _ServerRunOperationProbe("pymongo.synchronous.server", "Server.run_operation",
-                                 on_call=_operation_span, on_return=_record_rows),
-        FunctionProbe("pymongo.synchronous.bulk", "_Bulk.write_command",
-                      on_call=_bulk_span, on_return=_record_write_errors),
+        *_driver_probes("pymongo.synchronous", "Connection", "_CursorBase", "_Bulk"),
+        *_driver_probes("pymongo.asynchronous", "AsyncConnection", "_AsyncCursorBase",
+                        "_AsyncBulk"),
     ],
 )

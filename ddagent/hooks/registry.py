@@ -381,14 +381,17 @@ class FunctionProbe:
 
     Where code cannot be rewritten (another interpreter, or a function the rewriter refuses)
     the attribute is replaced by a ``wrapt`` wrapper with the same semantics instead.
+    ``optional`` marks a target that only some versions of the library have: where ``path`` is
+    missing, the probe installs nothing (otherwise that is an error, counted and logged).
     """
 
     def __init__(self, module: str, path: str, *, on_call: OnCall,
-                 on_return: OnReturn | None = None) -> None:
+                 on_return: OnReturn | None = None, optional: bool = False) -> None:
         self.module = module
         self.path = path
         self.on_call = on_call
         self.on_return = on_return
+        self.optional = optional
         self._hook_cache: tuple[Integration, Callable, Callable] | None = None
 
     def __repr__(self) -> str:
@@ -399,7 +402,12 @@ class FunctionProbe:
         # instrumented library never loads bytecode or wrapt (start-up cost, see bench/ s4).
         from ddagent.hooks import rewrite, wrappers
 
-        owner, attr, raw = wrappers.resolve_definition(module, self.path)
+        try:
+            owner, attr, raw = wrappers.resolve_definition(module, self.path)
+        except AttributeError:
+            if self.optional:
+                return None
+            raise
         func = raw.__func__ if isinstance(raw, (classmethod, staticmethod)) else raw
         enter, exit = self._hooks(integration)
         if rewrite.SUPPORTED:

@@ -3,6 +3,8 @@ spans at the test agent, error replies, runtime toggling."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 pymongo = pytest.importorskip("pymongo")
@@ -97,6 +99,40 @@ def test_crud_commands_are_children_of_the_user_span(probe_mechanism, pymongo_pr
     assert find["metrics"]["db.row_count"] == 2
     assert update["meta"]["mongodb.query"] == '{"name": "?"}'
     test_agent.assert_no_check_failures()
+
+
+def test_the_asyncio_driver_is_traced_like_the_synchronous_one(
+        probe_mechanism, pymongo_probes, mongodb_uri, agent_tracer, test_agent):
+    async def work() -> list:
+        client = pymongo.AsyncMongoClient(mongodb_uri, directConnection=True,
+                                          serverSelectionTimeoutMS=3000)
+        try:
+            users = client.ddagent.users
+            await users.drop()
+            with agent_tracer.trace("app.work", service="app") as root:
+                await users.insert_one({"name": "ada", "age": 36})
+                await users.insert_many([{"name": "bob", "age": 25}, {"name": "cy", "age": 52}])
+                found = [d["name"] async for d in users.find({"age": {"$gte": 30}})]
+                await users.update_one({"name": "bob"}, {"$inc": {"age": 1}})
+            return [root, (await client.address)[1], found]
+        finally:
+            await client.close()
+
+    root, port, found = asyncio.run(work())
+    assert sorted(found) == ["ada", "cy"]
+    agent_tracer.flush(10)
+
+    [trace] = [t for t in test_agent.wait_for_traces(1)
+               if any(s["name"] == "app.work" for s in t)]
+    spans = spans_named([trace], "pymongo.cmd")
+    assert [s["resource"] for s in spans] == [
+        "insert users", "insert users", 'find users {"age": {"$gte": "?"}}',
+        'update users {"name": "?"}']
+    for span in spans:
+        _check_common(span, port)
+        assert span["parent_id"] == root.span_id
+    assert spans[1]["metrics"]["mongodb.documents"] == 2
+    assert spans[2]["metrics"]["db.row_count"] == 2
 
 
 def test_an_error_reply_marks_the_span_and_the_app_gets_pymongos_exception(
