@@ -1,15 +1,21 @@
-"""Falcon (3.x, 4.x, WSGI apps): a ``falcon.request`` span per request.
+"""Falcon (3.x, 4.x; WSGI ``falcon.App`` and ASGI ``falcon.asgi.App``): a ``falcon.request``
+span per request.
 
-The request span comes from the shared WSGI layer (``hooks/wsgi.py``) around ``App.__call__``.
-When Falcon has routed the request (``App._get_responder``), the span gets resource
+The request span comes from the shared WSGI layer (``hooks/wsgi.py``) around
+``falcon.App.__call__``, or from the shared ASGI layer (``hooks/asgi.py``) around
+``falcon.asgi.App.__call__`` (kept in ``req.scope`` there). Both apps route through the same
+``App._get_responder``: once Falcon has routed the request, the span gets resource
 ``METHOD <module>.<ResourceClass>`` and tag ``http.route`` = the URI template; an unrouted
 request is ``METHOD 404``. An exception a responder raises, which Falcon turns into a response
-itself, is recorded on the span unless it is an HTTP error below 500 (``HTTPNotFound``...).
+itself (``App._handle_exception``, a coroutine in the ASGI app), is recorded on the span unless
+it is an HTTP error below 500 (``HTTPNotFound``...). Under ASGI, WebSocket connections and
+lifespan events are not traced.
 
 The seed's explicit ``TraceMiddleware(tracer, service="falcon")`` (a Falcon middleware) keeps
-working: with the automatic instrumentation on, it only applies its service; without it, it
-traces the request itself from ``process_request`` to ``process_response`` (so a streamed body
-is not covered, and an exception Falcon handled shows only as its status).
+working in WSGI apps: with the automatic instrumentation on, it only applies its service;
+without it, it traces the request itself from ``process_request`` to ``process_response`` (so a
+streamed body is not covered, and an exception Falcon handled shows only as its status). It has
+no coroutine methods, so ``falcon.asgi.App`` refuses it.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import sys
 from typing import Any, Callable, Optional
 
+from ddagent.hooks.asgi import ASGIAppProbe
 from ddagent.hooks.registry import FunctionProbe, Integration
 from ddagent.hooks.wrappers import AroundProbe
 from ddagent.hooks.wsgi import (
@@ -30,8 +37,18 @@ from ddagent.hooks.wsgi import (
 _MIDDLEWARE_SPAN = "ddagent.falcon.middleware_span"  # environ key: the span the middleware owns
 
 
+def _carrier(req: Any) -> dict:
+    """Where the request's span is kept: the WSGI environ, or the ASGI scope of a
+    ``falcon.asgi.Request`` (whose ``env`` raises AttributeError)."""
+    env = getattr(req, "env", None)
+    if isinstance(env, dict):
+        return env
+    scope = getattr(req, "scope", None)
+    return scope if isinstance(scope, dict) else {}
+
+
 def _name_request(req: Any, resource: Any, uri_template: Optional[str]) -> None:
-    span = request_span(getattr(req, "env", None) or {})
+    span = request_span(_carrier(req))
     if span is None or resource is None:
         return
     resource_class = type(resource)
@@ -51,9 +68,10 @@ def _traced_get_responder(integration: Integration, wrapped: Callable, app: Any,
 
 
 def _record_handled_exception(integration: Integration, app: Any, req: Any, resp: Any,
-                              exc: BaseException, params: Any) -> None:
+                              exc: BaseException, params: Any, ws: Any = None) -> None:
+    # ``ws``: the ASGI app's coroutine takes the WebSocket too (None for HTTP requests).
     falcon = sys.modules["falcon"]
-    span = request_span(getattr(req, "env", None) or {})
+    span = request_span(_carrier(req))
     if span is None or isinstance(exc, falcon.HTTPStatus):
         return None
     # HTTPError.status_code is Falcon 4's; Falcon 3 has only .status ("404 Not Found", an int...).
@@ -97,5 +115,8 @@ integration = Integration(
         WSGIAppProbe("falcon.app", "App.__call__"),
         AroundProbe("falcon.app", "App._get_responder", _traced_get_responder),
         FunctionProbe("falcon.app", "App._handle_exception", on_call=_record_handled_exception),
+        ASGIAppProbe("falcon.asgi.app", "App.__call__"),
+        FunctionProbe("falcon.asgi.app", "App._handle_exception",
+                      on_call=_record_handled_exception),
     ],
 )
