@@ -74,8 +74,14 @@ def start_request(
 def _read_scope(scope: dict) -> RequestFacts:
     host = user_agent = None
     propagation = None
-    # One pass over the headers: ASGI gives them as a list of (name, value) byte pairs.
-    for name, value in scope.get("headers") or ():
+    headers = scope.get("headers") or ()
+    if not isinstance(headers, (list, tuple)):
+        # The spec allows any iterables (falcon.testing passes one-shot iterators, of pairs
+        # that are iterators too): read here, they would be empty for the application. The
+        # same pairs, as a list of tuples.
+        headers = scope["headers"] = [tuple(pair) for pair in headers]
+    # One pass over the headers: (name, value) byte pairs.
+    for name, value in headers:
         if name == b"host":
             host = value.decode("latin1")
         elif name == b"user-agent":
@@ -91,6 +97,8 @@ def _url(scope: dict, host: Optional[str]) -> str:
     """``http.url`` as the WSGI layer would give it for the same request."""
     scheme = scope.get("scheme") or "http"
     server = scope.get("server") or ("", None)
+    if not isinstance(server, (list, tuple)):  # any iterable, as for the headers
+        server = scope["server"] = tuple(server)
     host = server_host(scheme, host, str(server[0] or ""),
                        "" if server[1] is None else str(server[1]))
     path = scope.get("path") or "/"

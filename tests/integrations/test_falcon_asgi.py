@@ -36,23 +36,6 @@ class GoneResource:
 MODULE = __name__
 
 
-def with_listed_scope(app):
-    """``app`` behind a shim giving it ``scope["headers"]``, ``["server"]`` and ``["client"]``
-    as lists, as servers do. falcon.testing passes one-shot iterators (the ASGI spec allows any
-    iterable), which the ASGI layer (hooks/asgi.py) does not handle yet: it consumes the
-    headers before the application reads them and fails on ``server``."""
-
-    async def listed(scope, receive, send):
-        scope = dict(scope)
-        for key in ("headers", "server", "client"):
-            if scope.get(key) is not None:
-                scope[key] = [tuple(item) if key == "headers" else item
-                              for item in scope[key]]
-        return await app(scope, receive, send)
-
-    return listed
-
-
 @pytest.fixture
 def client(monkeypatch):
     monkeypatch.delenv("DD_SERVICE", raising=False)
@@ -61,7 +44,7 @@ def client(monkeypatch):
         app.add_route("/users/{user_id:int}", UserResource())
         app.add_route("/fail", FailResource())
         app.add_route("/gone", GoneResource())
-        yield falcon_testing.TestClient(with_listed_scope(app))
+        yield falcon_testing.TestClient(app)
 
 
 def root_of(test_agent, tracer):
