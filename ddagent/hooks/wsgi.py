@@ -13,7 +13,9 @@ naming and end are shared with the ASGI layer, ``hooks/asgi.py``, through ``hook
   4xx do not. An exception escaping the application is recorded and counts as a 500.
 - **End.** When the server closes the response iterable (PEP 3333) or has read all of it, so a
   streamed body is covered (the span is active while the body is produced); at once if the
-  application raises.
+  application raises. A body made by the server's ``wsgi.file_wrapper`` (``send_file``,
+  ``FileResponse``) is handed back as is, so the server can still ``sendfile()`` it; the span
+  then ends when the server closes it.
 - **Once.** The span is stored in ``environ[REQUEST_SPAN]``. A second layer for the same request
   (the seed's explicit middleware around an auto-instrumented app, one framework mounted in
   another) finds it there and starts nothing.
@@ -183,7 +185,61 @@ def trace_wsgi_call(
     # that is never read nor closed must not become the parent of the next request.
     if ACTIVE_SPAN.get() is span:
         ACTIVE_SPAN.set(previous)
+    file_wrapper = environ.get("wsgi.file_wrapper")
+    if (isinstance(file_wrapper, type) and isinstance(body, file_wrapper)
+            and _end_span_on_close(body, span, integration)):
+        return body
     return TracedBody(body, span, integration)
+
+
+def _end_span_on_close(body: Any, span: Span, integration: Integration) -> bool:
+    """Make the server's ``close()`` of the file wrapper ``body`` end ``span``; False if it
+    cannot (no instance ``__dict__``, a read-only ``close``...).
+
+    The server must get the file wrapper itself: it checks ``isinstance(body,
+    environ["wsgi.file_wrapper"])`` to send the file with ``sendfile()``, which wrapping the body
+    in :class:`TracedBody` would defeat. So ``close`` is hooked on that very instance, and put
+    back as it was when called. A server that never calls ``close()`` leaves the span open: it
+    goes with the wrapper, or, if the request has child spans, with its trace when the tracer's
+    bounded registry of open traces evicts it.
+    """
+    try:
+        attrs = vars(body)
+        had_close = "close" in attrs
+        original = getattr(body, "close", None)
+
+        def restore() -> None:
+            if had_close:
+                attrs["close"] = original
+            else:
+                attrs.pop("close", None)
+
+        def close() -> None:
+            restore()  # also breaks the cycle wrapper -> hook -> bound close -> wrapper
+            _close_in_span(original, span, integration)
+
+        body.close = close
+        if attrs.get("close") is close and body.close is close:
+            return True
+        restore()  # a descriptor or __setattr__ kept the hook from being what servers call
+    except Exception:
+        pass  # the object refuses the hook: TracedBody is the (slower) fallback
+    return False
+
+
+def _close_in_span(close: Optional[Callable[[], Any]], span: Span,
+                   integration: Integration) -> None:
+    """Call the body's ``close`` (if any) with ``span`` active, then end ``span``."""
+    token = ACTIVE_SPAN.set(span)
+    try:
+        if close is not None:
+            close()
+    except BaseException as exc:
+        finish_request(span, integration, exc)
+        raise
+    finally:
+        ACTIVE_SPAN.reset(token)
+    finish_request(span, integration)
 
 
 class TracedBody:
@@ -216,17 +272,7 @@ class TracedBody:
             yield chunk
 
     def close(self) -> None:
-        close = getattr(self._body, "close", None)
-        token = ACTIVE_SPAN.set(self._span)
-        try:
-            if close is not None:
-                close()
-        except BaseException as exc:
-            finish_request(self._span, self._integration, exc)
-            raise
-        finally:
-            ACTIVE_SPAN.reset(token)
-        finish_request(self._span, self._integration)
+        _close_in_span(getattr(self._body, "close", None), self._span, self._integration)
 
 
 class WSGITraceMiddleware:

@@ -2,7 +2,8 @@
 
 Routes: ``/`` (text), ``/users/<int:user_id>`` (a template), ``/fail`` (a view raising),
 ``/teapot`` (an exception turned into 418 by an error handler), ``/stream`` (a streamed body
-whose chunks are traced), ``/backend`` (Redis and sqlite3 queries; Redis at $REDIS_URL).
+whose chunks are traced), ``/backend`` (Redis and sqlite3 queries; Redis at $REDIS_URL),
+``/file`` (this file, through ``send_file`` and the server's ``wsgi.file_wrapper``).
 It has a function for each of Flask's hook phases, so each phase has its span.
 """
 
@@ -11,7 +12,7 @@ import sqlite3
 
 import jinja2
 import redis
-from flask import Flask, Response, render_template, stream_with_context
+from flask import Flask, Response, render_template, send_file, stream_with_context
 
 from ddagent import tracer
 
@@ -87,3 +88,8 @@ def backend():
     conn.execute("select 1")
     conn.close()
     return f"redis={value.decode()}"
+
+
+@app.route("/file")
+def this_file():
+    return send_file(__file__, mimetype="text/plain")

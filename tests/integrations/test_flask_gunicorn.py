@@ -24,13 +24,30 @@ pytest.importorskip("requests")
 APPS = Path(__file__).resolve().parent.parent / "apps"
 
 
+# A gunicorn config logging each sendfile() attempt: gunicorn tries it only for a body that is
+# an instance of its wsgi.file_wrapper.
+SENDFILE_LOGGING = textwrap.dedent('''
+    import sys
+    from gunicorn.http import wsgi
+
+    def logged_sendfile(response, respiter, _sendfile=wsgi.Response.sendfile):
+        sent = _sendfile(response, respiter)
+        print("test: sendfile", sent, file=sys.stderr, flush=True)
+        return sent
+
+    wsgi.Response.sendfile = logged_sendfile  # not named sendfile: that is a gunicorn setting
+''')
+
+
 @pytest.fixture
 def server(test_agent, redis_url, tmp_path):
     port = free_port()
+    (tmp_path / "gunicorn_conf.py").write_text(SENDFILE_LOGGING)
     log = open(tmp_path / "gunicorn.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "ddagent", "-m", "gunicorn", "--bind", f"127.0.0.1:{port}",
-         "--workers", "1", "--chdir", str(APPS), "flask_app:app"],
+         "--workers", "1", "--config", str(tmp_path / "gunicorn_conf.py"),
+         "--chdir", str(APPS), "flask_app:app"],
         env=python_env(test_agent, REDIS_URL=redis_url), stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -134,4 +151,23 @@ def test_one_trace_across_client_and_server(server, test_agent, tmp_path):
         assert span["parent_id"] == view["span_id"]
     assert view["parent_id"] == server_root["span_id"]
     assert not spans_named([spans], "urllib3.request")
+    test_agent.assert_no_check_failures()
+
+
+def test_gunicorn_sends_a_file(server, test_agent, tmp_path):
+    # send_file hands gunicorn its own wsgi.file_wrapper; the layer must return it as is (for
+    # sendfile()) and still end the request span when gunicorn closes it.
+    test_agent.wait_for_traces(1)
+    test_agent.start_session()
+    assert fetch(server + "/file") == (200, (APPS / "flask_app.py").read_bytes())
+    traces = test_agent.wait_for_traces(1)
+    # Logged before gunicorn closes the body, so before the span can be sent.
+    assert "test: sendfile True" in (tmp_path / "gunicorn.log").read_text()
+    [root] = spans_named(traces, "flask.request")
+    assert root["resource"] == "GET /file"
+    assert root["meta"]["http.status_code"] == "200"
+    assert root["error"] == 0
+    [view] = spans_named(traces, "flask_app.this_file")
+    assert view["parent_id"] == root["span_id"]
+    assert view["start"] + view["duration"] <= root["start"] + root["duration"]
     test_agent.assert_no_check_failures()

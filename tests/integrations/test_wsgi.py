@@ -182,3 +182,127 @@ def test_disabled_tracer_passes_through(client, agent_tracer, test_agent, monkey
     monkeypatch.setattr(agent_tracer, "enabled", False)
     assert client.get("/users/1").data == b"ok"
     assert agent_tracer.current_span() is None
+
+
+# -- bodies made by the server's wsgi.file_wrapper: handed back as is, for sendfile() --------
+
+def file_app(environ, start_response):
+    """Serves the file at ?<path> through the server's file wrapper, with the status in
+    X-Status (default 200)."""
+    start_response(environ.get("HTTP_X_STATUS", "200 OK"), [("Content-Type", "text/plain")])
+    environ["demo.wrapper"] = environ["wsgi.file_wrapper"](open(environ["QUERY_STRING"], "rb"),
+                                                           8192)
+    return environ["demo.wrapper"]
+
+
+@pytest.fixture
+def served_file(tmp_path):
+    path = tmp_path / "served.bin"
+    path.write_bytes(bytes(range(256)) * 100)  # several 8 KiB blocks
+    return path
+
+
+def file_wrappers():
+    """wsgiref's and Werkzeug's file wrappers (close set on the instance, on the class), and
+    gunicorn's when installed."""
+    import wsgiref.util
+
+    from werkzeug.wsgi import FileWrapper
+    wrappers = [wsgiref.util.FileWrapper, FileWrapper]
+    try:
+        from gunicorn.http.wsgi import FileWrapper as GunicornFileWrapper
+    except ImportError:
+        return wrappers
+    return [*wrappers, GunicornFileWrapper]
+
+
+def call_file_app(file_wrapper, path, status="200 OK"):
+    environ = werkzeug_test.EnvironBuilder(query_string=str(path),
+                                           headers={"X-Status": status}).get_environ()
+    environ["wsgi.file_wrapper"] = file_wrapper
+    statuses = []
+    body = WSGITraceMiddleware(file_app, DEMO)(environ, lambda s, h, *e: statuses.append(s))
+    return environ, body, statuses
+
+
+@pytest.mark.parametrize("file_wrapper", file_wrappers(), ids=lambda w: w.__module__)
+@pytest.mark.parametrize("status,error", [("200 OK", 0), ("503 SERVICE UNAVAILABLE", 1)])
+def test_file_wrapper_is_returned_as_is(agent_tracer, test_agent, served_file, file_wrapper,
+                                        status, error):
+    close_before = vars(file_wrapper(open(served_file, "rb"))).get("close")
+    environ, body, statuses = call_file_app(file_wrapper, served_file, status)
+    assert body is environ["demo.wrapper"]
+    assert isinstance(body, file_wrapper)
+    assert statuses == [status]
+    assert b"".join(body) == served_file.read_bytes()
+    agent_tracer.flush(10)
+    assert test_agent.traces() == []  # the server has not closed it yet
+    body.close()
+    body.close()  # a second close ends nothing more
+    assert body.filelike.closed if hasattr(body, "filelike") else body.file.closed
+    # close is put back as it was: the file's own (wsgiref, gunicorn) or the class's (Werkzeug)
+    assert ("close" in vars(body)) == (close_before is not None)
+    trace, span = one_request_span(test_agent, agent_tracer)
+    assert len(trace) == 1
+    assert span["meta"]["http.status_code"] == status[:3]
+    assert span["error"] == error
+    assert agent_tracer.current_span() is None
+
+
+class SlottedFileWrapper:
+    __slots__ = ("filelike",)
+
+    def __init__(self, filelike, blksize=8192):
+        self.filelike = filelike
+
+    def __iter__(self):
+        return iter(lambda: self.filelike.read(8192), b"")
+
+    def close(self):
+        self.filelike.close()
+
+
+def test_file_wrapper_refusing_the_hook_is_traced_body(agent_tracer, test_agent, served_file):
+    environ, body, _ = call_file_app(SlottedFileWrapper, served_file)
+    assert type(body).__name__ == "TracedBody"  # correct, only slower to serve
+    assert b"".join(body) == served_file.read_bytes()
+    body.close()
+    assert environ["demo.wrapper"].filelike.closed
+    _, span = one_request_span(test_agent, agent_tracer)
+    assert span["meta"]["http.status_code"] == "200"
+
+
+def test_wsgiref_server_sends_the_file_wrapper_as_a_file(agent_tracer, test_agent, served_file,
+                                                         monkeypatch):
+    import threading
+    import urllib.request
+    from wsgiref import simple_server
+
+    sent_as_file = []
+
+    def sendfile(handler):  # wsgiref's hook for platform file sending: called only for
+        sent_as_file.append(handler.result)  # a result that is its file wrapper
+        return False  # then wsgiref writes the blocks itself
+
+    monkeypatch.setattr(simple_server.ServerHandler, "sendfile", sendfile)
+
+    class QuietHandler(simple_server.WSGIRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = simple_server.make_server("127.0.0.1", 0, WSGITraceMiddleware(file_app, DEMO),
+                                       handler_class=QuietHandler)
+    thread = threading.Thread(target=server.handle_request)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/file?{served_file}"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            assert response.status == 200
+            assert response.read() == served_file.read_bytes()
+        thread.join(10)
+    finally:
+        server.server_close()
+    assert len(sent_as_file) == 1
+    _, span = one_request_span(test_agent, agent_tracer)
+    assert span["meta"]["http.status_code"] == "200"
+    assert span["meta"]["http.url"].endswith("/file")
