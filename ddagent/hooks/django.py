@@ -288,19 +288,13 @@ def _around_view(integration: Integration, wrapped: Callable, handler: Any, args
 
     Not-found and permission-denied exceptions become 4xx responses: they are not errors.
     """
-    span = None
-    if _settings["sub_spans"]:
-        try:
-            span = integration.start_child_span("django.view", resource="django.view")
-        except Exception as error:
-            integration.probe_failed(error)
+    span = _start_view_span(integration)
     if span is None:
         return wrapped(*args, **kwargs)
     try:
         return wrapped(*args, **kwargs)
     except BaseException as exc:
-        if not _is_client_error(exc):
-            span.set_exc_info(type(exc), exc, exc.__traceback__)
+        _record_view_error(span, exc)
         raise
     finally:
         span.finish()
@@ -316,22 +310,31 @@ def _around_view_async(integration: Integration, wrapped: Callable, handler: Any
 
 
 async def _view_async(integration: Integration, call: Any) -> Any:
-    span = None
-    if _settings["sub_spans"]:
-        try:
-            span = integration.start_child_span("django.view", resource="django.view")
-        except Exception as error:
-            integration.probe_failed(error)
+    span = _start_view_span(integration)
     if span is None:
         return await call
     try:
         return await call
     except BaseException as exc:
-        if not _is_client_error(exc):
-            span.set_exc_info(type(exc), exc, exc.__traceback__)
+        _record_view_error(span, exc)
         raise
     finally:
         span.finish()
+
+
+def _start_view_span(integration: Integration) -> Any:
+    if not _settings["sub_spans"]:
+        return None
+    try:
+        return integration.start_child_span("django.view", resource="django.view")
+    except Exception as error:
+        integration.probe_failed(error)
+        return None
+
+
+def _record_view_error(span: Any, exc: BaseException) -> None:
+    if not _is_client_error(exc):
+        span.set_exc_info(type(exc), exc, exc.__traceback__)
 
 
 def _is_client_error(exc: BaseException) -> bool:

@@ -1,7 +1,8 @@
-"""Servers the cache integration tests start themselves: memcached, and a small Redis cluster.
+"""Servers the integration tests start themselves: memcached and a small Redis cluster (Debian's
+own binaries), and an app served under ``python -m ddagent``.
 
-Each runs Debian's own binary on free 127.0.0.1 ports in the foreground, as a child of the test
-process, and is stopped by its pid.
+Each runs on free 127.0.0.1 ports in the foreground, as a child of the test process, and is
+stopped by its pid.
 """
 
 from __future__ import annotations
@@ -9,15 +10,46 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+import urllib.request
 from typing import Iterator
 
-from tests.testagent import free_port
+from tests.testagent import REPO, free_port
 
 READY_DEADLINE = 10.0
+
+
+@contextlib.contextmanager
+def under_launcher(server: list[str], env: dict[str, str], ready_path: str,
+                   exit_codes: tuple[int, ...] = (0,)) -> Iterator[str]:
+    """``python -m ddagent -m <server...>`` on a free port (the server's arguments take
+    ``{port}``); yields its URL once ``ready_path`` answers, and checks after SIGTERM that it
+    exited with one of ``exit_codes``."""
+    port = free_port()
+    args = [arg.format(port=port) for arg in server]
+    proc = subprocess.Popen([sys.executable, "-m", "ddagent", "-m", *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(url + ready_path, timeout=2).read()
+            break
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(
+                    f"{args[0]} did not start: {proc.communicate()[0].decode()}") from None
+            time.sleep(0.2)
+    yield url
+    os.kill(proc.pid, signal.SIGTERM)
+    output = proc.communicate(timeout=30)[0].decode()
+    assert proc.returncode in exit_codes, output
 
 
 @contextlib.contextmanager

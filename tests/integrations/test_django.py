@@ -4,11 +4,7 @@ with sqlite and the machine's PostgreSQL."""
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import tempfile
-import time
 import urllib.request
 
 import pytest
@@ -29,7 +25,8 @@ from django.test import Client  # noqa: E402
 
 from ddagent import probes  # noqa: E402
 from tests.integrations.conftest import enabled, spans_named  # noqa: E402
-from tests.testagent import REPO, free_port, python_env  # noqa: E402
+from tests.integrations.servers import under_launcher  # noqa: E402
+from tests.testagent import python_env  # noqa: E402
 
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware.__call__",
@@ -232,32 +229,14 @@ def test_disabled_integration_traces_nothing(user, agent_tracer, list_writer):
 
 
 @pytest.fixture
-def gunicorn(test_agent, user, tmp_path):
+def gunicorn(test_agent, user):
     """The test app under ``python -m ddagent -m gunicorn``, with the seed's settings-based
     setup on top (INSTALLED_APPS + TraceMiddleware + DATADOG_TRACE): still one trace each."""
-    port = free_port()
-    pidfile = tmp_path / "gunicorn.pid"
     env = python_env(test_agent, DJANGO_SQLITE_PATH=SQLITE_PATH, DJANGO_SEED_SETUP="1",
                      DJANGO_SETTINGS_MODULE="tests.apps.django_app.settings")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ddagent", "-m", "gunicorn", "-w", "1", "-b", f"127.0.0.1:{port}",
-         "--pid", str(pidfile), "tests.apps.django_app.wsgi:application"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/class/", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"gunicorn did not start: {proc.communicate()[0].decode()}")
-            time.sleep(0.2)
-    yield url
-    os.kill(proc.pid, signal.SIGTERM)
-    output = proc.communicate(timeout=30)[0].decode()
-    assert proc.returncode == 0, output
+    with under_launcher(["gunicorn", "-w", "1", "-b", "127.0.0.1:{port}",
+                         "tests.apps.django_app.wsgi:application"], env, "/class/") as url:
+        yield url
 
 
 def get(url: str, headers: dict | None = None) -> tuple[int, bytes]:

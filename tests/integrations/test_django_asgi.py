@@ -5,12 +5,7 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -26,6 +21,7 @@ from ddagent.hooks.http import request_span, set_route  # noqa: E402
 from ddagent.hooks.registry import Integration  # noqa: E402
 from ddagent.stats import STATS  # noqa: E402
 from tests.integrations.conftest import spans_named  # noqa: E402
+from tests.integrations.servers import under_launcher  # noqa: E402
 from tests.integrations.test_django import (  # noqa: E402  (sets Django up)
     SQLITE_PATH,
     by_id,
@@ -34,7 +30,7 @@ from tests.integrations.test_django import (  # noqa: E402  (sets Django up)
     root_of,
     user,  # noqa: F401  (a fixture)
 )
-from tests.testagent import REPO, free_port, python_env  # noqa: E402
+from tests.testagent import python_env  # noqa: E402
 
 
 async def _call(app, scope: dict) -> tuple[list[dict], BaseException | None]:
@@ -260,31 +256,16 @@ def test_a_layer_failure_leaves_the_request_untraced(list_writer):
 # -- a real ASGI server ------------------------------------------------------------------------
 
 @pytest.fixture
-def uvicorn(test_agent, user, tmp_path):  # noqa: F811
+def uvicorn(test_agent, user):  # noqa: F811
     """The project's ASGI application under ``python -m ddagent -m uvicorn``."""
     pytest.importorskip("uvicorn")
-    port = free_port()
     env = python_env(test_agent, DJANGO_SQLITE_PATH=SQLITE_PATH,
                      DJANGO_SETTINGS_MODULE="tests.apps.django_app.settings")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "ddagent", "-m", "uvicorn", "--host", "127.0.0.1",
-         "--port", str(port), "--no-access-log", "tests.apps.django_app.asgi:application"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(url + "/class/", timeout=2).read()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                pytest.fail(f"uvicorn did not start: {proc.communicate()[0].decode()}")
-            time.sleep(0.2)
-    yield url
-    os.kill(proc.pid, signal.SIGTERM)
-    output = proc.communicate(timeout=30)[0].decode()
-    assert proc.returncode in (0, -signal.SIGTERM), output  # uvicorn re-raises the signal
+    # uvicorn re-raises SIGTERM once it has shut down.
+    with under_launcher(["uvicorn", "--host", "127.0.0.1", "--port", "{port}",
+                         "--no-access-log", "tests.apps.django_app.asgi:application"],
+                        env, "/class/", exit_codes=(0, -signal.SIGTERM)) as url:
+        yield url
 
 
 def test_uvicorn_under_the_launcher(uvicorn, test_agent):
