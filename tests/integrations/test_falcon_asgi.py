@@ -15,6 +15,7 @@ falcon_asgi = pytest.importorskip("falcon.asgi")
 falcon_testing = pytest.importorskip("falcon.testing")
 
 from ddagent import probes, tracer  # noqa: E402
+from tests.integrations.test_falcon import root_of  # noqa: E402
 
 
 class UserResource:
@@ -45,13 +46,6 @@ def client(monkeypatch):
         app.add_route("/fail", FailResource())
         app.add_route("/gone", GoneResource())
         yield falcon_testing.TestClient(app)
-
-
-def root_of(test_agent, tracer):
-    tracer.flush(10)
-    [trace] = test_agent.wait_for_traces(1)
-    [root] = spans_named([trace], "falcon.request")
-    return trace, root
 
 
 def test_routed_async_responder(client, agent_tracer, test_agent):
