@@ -11,10 +11,14 @@ Everything is probed inside Django itself, so nothing has to be added to ``INSTA
   (``hooks/asgi.py``, ``ASGIHandler.__call__``; the span is kept in ``request.scope``), and
   these probes only name it.
 - ``convert_exception_to_response``, as ``load_middleware`` calls it for every middleware →
-  a ``django.middleware`` span around each middleware (resource ``<module.Class>.__call__``).
-  Its ``process_view``/``process_exception`` hooks run inside the view span, untraced alone.
-  Under ASGI, middleware that run as coroutines have no span of their own (the sync ones,
-  which Django runs through ``sync_to_async``, keep theirs).
+  a ``django.middleware`` span around each middleware (resource ``<module.Class>.__call__``,
+  or the function's path for a function-style middleware). Its ``process_view``/
+  ``process_exception`` hooks run inside the view span, untraced alone. Under ASGI (and
+  ``AsyncClient``) a middleware that Django runs as a coroutine gets its span around the
+  awaited call; its traced handler is marked as a coroutine function
+  (``asgiref.sync.markcoroutinefunction``), so Django builds the same chain as without
+  ddagent. A sync one in that chain runs in ``sync_to_async``'s thread, in a copy of the
+  request's context, so its span nests the same way.
 - ``BaseHandler._get_response`` and ``_get_response_async`` → ``django.view`` (resource: the
   view's dotted path); it covers URL resolution, the view middleware hooks and the view. A 404
   or 403 raised there is not an error; any other exception is, and Django's 500 page puts it
@@ -48,7 +52,7 @@ from ddagent.config import env_bool
 from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks import asgi, dbapi, http, wsgi
 from ddagent.hooks.registry import FunctionProbe, Integration
-from ddagent.hooks.wrappers import AroundProbe, WrapperProbe, call_probed
+from ddagent.hooks.wrappers import AroundProbe, WrapperProbe, call_probed, call_probed_async
 from ddagent.pin import Pin
 
 # Read once, when Django is imported (a per-request read would warn per request on garbage).
@@ -232,10 +236,11 @@ def _trace_middleware(integration: Integration, handler: Callable, args: tuple,
                       kwargs: dict) -> Callable:
     """``convert_exception_to_response(mw)``'s result, wrapped in a ``django.middleware`` span."""
     inner = args[0] if args else kwargs.get("get_response")
-    if _is_handler_method(inner) or _is_coroutine_function(handler):
-        return handler  # the view layer has its own span; async chains are not traced
+    if _is_handler_method(inner):
+        return handler  # the view layer has its own span
     resource = _qualified_name(inner) + ("" if _is_function(inner) else ".__call__")
-    return _TracedMiddleware(handler, integration, resource)
+    traced = _TracedAsyncMiddleware if _is_coroutine_function(handler) else _TracedMiddleware
+    return traced(handler, integration, resource)
 
 
 def _is_handler_method(obj: Any) -> bool:
@@ -272,6 +277,26 @@ class _TracedMiddleware:
     def __call__(self, request: Any) -> Any:
         return call_probed(self._integration, _middleware_span, (self, request),
                            lambda: self.__wrapped__(request))
+
+
+class _TracedAsyncMiddleware(_TracedMiddleware):
+    """The same for a coroutine handler (an async middleware under ASGI or ``AsyncClient``):
+    the span lasts until the awaited call is done.
+
+    Marked as a coroutine function, as Django marks its async middleware instances: Django,
+    ``asgiref`` and ``sync_and_async_middleware`` factories test that on the handler they are
+    given to choose between awaiting it and adapting it with ``async_to_sync``.
+    """
+
+    def __init__(self, handler: Callable, integration: Integration, resource: str) -> None:
+        from asgiref.sync import markcoroutinefunction
+
+        super().__init__(handler, integration, resource)
+        markcoroutinefunction(self)
+
+    def __call__(self, request: Any) -> Any:
+        return call_probed_async(self._integration, _middleware_span, (self, request),
+                                 lambda: self.__wrapped__(request))
 
 
 def _middleware_span(integration: Integration, traced: _TracedMiddleware, request: Any) -> Any:
