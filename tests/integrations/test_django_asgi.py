@@ -5,15 +5,19 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import signal
+import sys
+import traceback
 
 import pytest
 
 pytest.importorskip("django")
 pytest.importorskip("psycopg2")
 
+from asgiref.sync import iscoroutinefunction  # noqa: E402
 from django.core.asgi import get_asgi_application  # noqa: E402
-from django.test import AsyncClient  # noqa: E402
+from django.test import AsyncClient, Client, override_settings  # noqa: E402
 
 from ddagent import probes  # noqa: E402
 from ddagent.hooks.asgi import trace_asgi_call  # noqa: E402
@@ -192,6 +196,151 @@ def test_lifespan_and_websocket_pass_through(app, list_writer):
         _, exc = asyncio.run(_call(app, {"type": kind}))
         assert isinstance(exc, ValueError)  # Django's own refusal, unchanged
     assert list_writer.spans == []
+
+
+# -- middleware run as coroutines ---------------------------------------------------------------
+
+# What ``django-admin startproject`` puts in MIDDLEWARE: all async-capable.
+DEFAULT_MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+TEST_MIDDLEWARE = "tests.apps.django_app.middleware."
+
+
+def get_through(entry: str, middleware: list[str], path: str) -> int:
+    """GET ``path`` through ``entry`` (the ASGI application, ``AsyncClient`` or the sync test
+    ``Client``) with its middleware chain built from ``middleware``; returns the status."""
+    with override_settings(MIDDLEWARE=middleware):
+        if entry == "asgi":
+            return asgi_get(get_asgi_application(), path)[0]
+        if entry == "async_client":
+            return asyncio.run(AsyncClient().get(path)).status_code
+        return Client().get(path).status_code
+
+
+def middleware_chain(trace: list[dict]) -> list[dict]:
+    """The trace's ``django.middleware`` spans, outermost first, checked to nest as the calls
+    do: each a child of the one before (the first of the request root), the view a child of
+    the last."""
+    middleware = sorted(spans_named([trace], "django.middleware"), key=lambda s: s["start"])
+    parent = root_of(trace)
+    assert parent["name"] == "django.request"
+    for span in middleware:
+        assert span["parent_id"] == parent["span_id"]
+        assert (span["service"], span["meta"]["component"]) == ("django", "django")
+        parent = span
+    for view in spans_named([trace], "django.view"):
+        assert view["parent_id"] == parent["span_id"]
+    return middleware
+
+
+@pytest.mark.parametrize("entry", ["asgi", "async_client"])
+def test_default_middleware_stack(entry, django_probes, agent_tracer, test_agent):  # noqa: F811
+    assert get_through(entry, DEFAULT_MIDDLEWARE, "/async/") == 200
+    agent_tracer.flush(10)
+
+    [trace] = test_agent.wait_for_traces(1)
+    middleware = middleware_chain(trace)
+    assert [s["resource"] for s in middleware] == [f"{m}.__call__" for m in DEFAULT_MIDDLEWARE]
+    assert not any(s["error"] for s in middleware)
+    [view] = spans_named([trace], "django.view")
+    assert view["resource"] == "tests.apps.django_app.views.async_view"
+    test_agent.assert_no_check_failures()
+
+
+def test_traced_async_handlers_stay_coroutine_functions(django_probes):  # noqa: F811
+    """Django, asgiref and ``sync_and_async_middleware`` factories look at this to choose
+    between awaiting a handler and adapting it."""
+    with override_settings(MIDDLEWARE=DEFAULT_MIDDLEWARE):
+        chain = get_asgi_application()._middleware_chain
+    assert type(chain).__module__ == "ddagent.hooks.django"  # the outermost one, traced
+    assert iscoroutinefunction(chain)
+    if sys.version_info >= (3, 12):
+        assert inspect.iscoroutinefunction(chain)
+
+
+@pytest.mark.parametrize("entry", ["asgi", "async_client", "sync_client"])
+def test_custom_async_middleware(entry, django_probes, agent_tracer, test_agent):  # noqa: F811
+    """Function-style (``sync_and_async_middleware`` and async-only) and class-style (marked
+    with ``markcoroutinefunction``) async middleware, around and inside a sync one that Django
+    adapts with ``sync_to_async``/``async_to_sync``; under the sync Client the chain is sync
+    at the top and async further in."""
+    chain = ["tests.apps.django_app.views.timing_middleware",
+             TEST_MIDDLEWARE + "either_mode_middleware",
+             TEST_MIDDLEWARE + "AsyncClassMiddleware",
+             TEST_MIDDLEWARE + "async_only_middleware"]
+    assert get_through(entry, chain, "/async/") == 200
+    agent_tracer.flush(10)
+
+    [trace] = test_agent.wait_for_traces(1)
+    assert [s["resource"] for s in middleware_chain(trace)] == [
+        "tests.apps.django_app.views.timing_middleware.<locals>.middleware",
+        "tests.apps.django_app.middleware.either_mode_middleware.<locals>.middleware",
+        "tests.apps.django_app.middleware.AsyncClassMiddleware.__call__",
+        "tests.apps.django_app.middleware.async_only_middleware.<locals>.middleware",
+    ]
+    [view] = spans_named([trace], "django.view")
+    [query] = spans_named([trace], "sqlite.query")
+    assert query["parent_id"] == view["span_id"]
+
+
+def serve_failing(propagate: bool) -> tuple[list[dict], BaseException | None]:
+    """GET through the default stack and an async middleware that raises; with
+    ``DEBUG_PROPAGATE_EXCEPTIONS`` Django lets the exception out instead of answering 500."""
+    with override_settings(MIDDLEWARE=[*DEFAULT_MIDDLEWARE, TEST_MIDDLEWARE + "failing_middleware"],
+                           DEBUG_PROPAGATE_EXCEPTIONS=propagate):
+        return asyncio.run(_call(get_asgi_application(), http_scope("/async/")))
+
+
+def outcome(sent: list[dict], exc: BaseException | None) -> tuple:
+    """What the server sees: the status sent, or the exception and the line that raised it."""
+    if exc is None:
+        return sent[0]["status"], None
+    frame = traceback.extract_tb(exc.__traceback__)[-1]
+    return None, (type(exc), str(exc), frame.filename, frame.name, frame.lineno)
+
+
+@pytest.mark.parametrize("propagate", [False, True], ids=["500", "propagated"])
+def test_failing_async_middleware(propagate, django_probes, agent_tracer,  # noqa: F811
+                                  test_agent):
+    probes.disable("django")
+    try:
+        untraced = outcome(*serve_failing(propagate))
+    finally:
+        probes.enable("django")
+    assert outcome(*serve_failing(propagate)) == untraced  # as without ddagent
+    status, raised = untraced
+    if propagate:
+        assert raised[:2] == (ValueError, "the middleware failed")
+        assert raised[2].endswith("middleware.py")
+    else:
+        assert status == 500
+    agent_tracer.flush(10)
+
+    [trace] = test_agent.wait_for_traces(1)
+    root = root_of(trace)
+    assert (root["error"], root["meta"]["http.status_code"]) == (1, "500")
+    assert (root["meta"]["error.type"], root["meta"]["error.message"]) == \
+        ("builtins.ValueError", "the middleware failed")
+    middleware = middleware_chain(trace)
+    assert [s["resource"] for s in middleware] == [
+        *(f"{m}.__call__" for m in DEFAULT_MIDDLEWARE),
+        "tests.apps.django_app.middleware.failing_middleware.<locals>.middleware"]
+    assert spans_named([trace], "django.view") == []
+    for span in middleware:
+        if propagate:  # it went out through every middleware
+            assert span["error"] == 1
+            assert (span["meta"]["error.type"], span["meta"]["error.message"]) == \
+                ("builtins.ValueError", "the middleware failed")
+            assert "middleware.py" in span["meta"]["error.stack"]
+        else:  # the failing middleware's own handler turned it into the 500 response
+            assert span["error"] == 0
 
 
 # -- the shared ASGI layer on a bare application ---------------------------------------------
