@@ -43,19 +43,27 @@ def dist(tmp_path_factory) -> Path:
     return out
 
 
+def _wheel(dist: Path) -> Path:
+    # A platform wheel: it carries the native trace encoder built for this Python.
+    (wheel,) = dist.glob(f"ddagent-{__version__}-*.whl")
+    return wheel
+
+
 def test_wheel_and_sdist_hold_the_package(dist):
-    wheel = dist / f"ddagent-{__version__}-py3-none-any.whl"
-    with zipfile.ZipFile(wheel) as zf:
+    with zipfile.ZipFile(_wheel(dist)) as zf:
         names = set(zf.namelist())
         entry_points = zf.read(f"ddagent-{__version__}.dist-info/entry_points.txt").decode()
     assert {"ddagent/py.typed", "ddagent/__main__.py", "ddagent/doctor.py",
             "ddagent/summary.py", "ddagent/bootstrap/sitecustomize.py",
             "ddagent/hooks/redis.py", "ddagent/writer/agent.py"} <= names
     assert not any(name.startswith(("tests/", "bench/", "examples/")) for name in names)
+    assert any(name.startswith("ddagent/writer/_encoder.") and name.endswith(".so")
+               for name in names)
     assert "ddagent = ddagent.__main__:main" in entry_points
     with tarfile.open(dist / f"ddagent-{__version__}.tar.gz") as tf:
         members = set(tf.getnames())
     assert f"ddagent-{__version__}/ddagent/py.typed" in members
+    assert f"ddagent-{__version__}/ddagent/writer/_encoder.c" in members
     assert f"ddagent-{__version__}/CHANGELOG.rst" in members
 
 
@@ -63,7 +71,7 @@ def test_wheel_in_a_clean_venv_runs_the_example_from_outside_the_repo(dist, tmp_
     env_dir = tmp_path / "venv"
     venv.create(env_dir, with_pip=True)
     python = str(env_dir / "bin" / "python")
-    wheel = dist / f"ddagent-{__version__}-py3-none-any.whl"
+    wheel = _wheel(dist)
     install = subprocess.run([python, "-m", "pip", "install", "-q", str(wheel)],
                              capture_output=True, text=True, timeout=600, env=_clean_env())
     if install.returncode != 0:
@@ -92,6 +100,7 @@ def test_wheel_in_a_clean_venv_runs_the_example_from_outside_the_repo(dist, tmp_
     doctor = run("-m", "ddagent", "doctor")
     assert doctor.returncode == 0 and f"Agent: {UNREACHABLE} does not answer" in doctor.stdout
     assert str(env_dir) in doctor.stdout  # the report names the clean interpreter
+    assert "Trace encoder: native" in doctor.stdout  # the wheel's compiled encoder loads
 
 
 def test_public_api_passes_mypy_strict():

@@ -18,16 +18,24 @@ that writes a span's attributes or dicts by hand:
 
 Checking every field up front cost more than packing (callgrind, a single-span trace: the checks
 were 40% of encoding); the repair costs nothing until an agent refuses a payload.
+
+:func:`encode_trace` is the native encoder (``_encoder.c``, built when ddagent is installed with a
+C compiler) where it is available, else :func:`encode_trace_python`. Both give the same bytes; the
+native one packs the usual spans straight from their attributes and hands anything unusual to the
+Python one. ``DD_TRACE_NATIVE_ENCODER=false`` keeps the Python one.
 """
 
 from __future__ import annotations
 
+import functools
 import struct
 import threading
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Callable, Optional
 
 import msgpack
+
+from ddagent.config import env_bool
 
 _UINT64_MAX = (1 << 64) - 1
 
@@ -121,7 +129,7 @@ def _zero_span_id() -> int:
 _packers = threading.local()  # a Packer per thread (one is not thread-safe): no set-up per trace
 
 
-def encode_trace(spans: Iterable[Any]) -> bytes:
+def encode_trace_python(spans: Iterable[Any]) -> bytes:
     """One trace chunk as a msgpack array of span maps, the fields packed as they are (see the
     module's docstring). Raises EncodingError on a value that cannot be converted."""
     maps = [
@@ -151,6 +159,21 @@ def encode_trace(spans: Iterable[Any]) -> bytes:
     # Rare: a value msgpack cannot pack as it is. The raw fields of a span are what the fast
     # path read, except the two it replaced: a None parent id and None type.
     return _pack_checked([wire_map(m) for m in maps])
+
+
+def _native_encode_trace() -> Optional[Callable[[Iterable[Any]], bytes]]:
+    """The native encoder, falling back on :func:`encode_trace_python`; None without it."""
+    if env_bool("DD_TRACE_NATIVE_ENCODER") is False:
+        return None
+    try:
+        from ddagent.writer import _encoder
+    except ImportError:  # installed without a C compiler, or a Python it was not built for
+        return None
+    return functools.partial(_encoder.encode_trace, encode_trace_python)
+
+
+encode_trace: Callable[[Iterable[Any]], bytes] = _native_encode_trace() or encode_trace_python
+"""One trace chunk as msgpack (see the module's docstring): native where it can be."""
 
 
 def repair_trace(encoded: bytes) -> bytes:

@@ -64,6 +64,7 @@ GARBAGE = {
     # Named in comments only (ddagent uses the constant): nothing to parse.
     "DD_TRACE_SPAN_TRACEBACK_MAX_SIZE": None, "DD_TRACE_X_DATADOG_TAGS_MAX_LENGTH": None,
     "DD_TRACE_SUMMARY": "maybe",
+    "DD_TRACE_NATIVE_ENCODER": "maybe",
     "DD_TRACE_SPANS_FILE": None,  # a path
     "DD_PATCH_MODULES": "redis:maybe",
     "DD_PROBES_CONTROL_POLL_SECONDS": "never",
