@@ -66,6 +66,7 @@ def _configuration() -> list[str]:
         lines.append("  other DD_* variables set (read by integrations, the launcher's local "
                      "view, or unknown):")
         lines.extend(f"    {name}={os.environ[name]!r}" for name in others)
+    lines.append(_encoder_line())
     tracer_url = _live_tracer_url()
     agent_url = tracer_url or config.agent_url
     lines.append("")
@@ -74,6 +75,18 @@ def _configuration() -> list[str]:
         lines.append(f"  (the tracer was configured in code; the environment says "
                      f"{config.agent_url})")
     return lines
+
+
+def _encoder_line() -> str:
+    from ddagent.config import env_bool
+    from ddagent.writer import encoding
+
+    if encoding.encode_trace is not encoding.encode_trace_python:
+        return "Trace encoder: native (ddagent/writer/_encoder.c)"
+    if env_bool("DD_TRACE_NATIVE_ENCODER") is False:
+        return "Trace encoder: Python (DD_TRACE_NATIVE_ENCODER=false)"
+    return ("Trace encoder: Python (the native encoder is not built for this Python; "
+            "reinstall ddagent where a C compiler is available)")
 
 
 def _live_tracer_url() -> Optional[str]:

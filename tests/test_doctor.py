@@ -51,6 +51,13 @@ def test_doctor_with_the_agent_down():
     assert "Integrations:" in result.stdout
 
 
+def test_doctor_names_the_trace_encoder():
+    assert "Trace encoder: Python (DD_TRACE_NATIVE_ENCODER=false)" in run(
+        "-m", "ddagent", "doctor", DD_TRACE_NATIVE_ENCODER="false").stdout
+    # CI builds the native encoder (tests/writer/test_native_encoder.py insists on it there).
+    assert "Trace encoder: " in run("-m", "ddagent", "doctor").stdout
+
+
 def test_info_is_an_alias_of_doctor():
     info, doctor_ = run("-m", "ddagent", "--info"), run("-m", "ddagent", "doctor")
     strip = lambda text: text.split("\n", 1)[1]  # noqa: E731 - the first line names the pid
