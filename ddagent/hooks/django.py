@@ -467,7 +467,7 @@ class TraceMiddleware:
     """The seed's middleware: applies ``settings.DATADOG_TRACE`` and turns the integration on.
 
     Keys: ``TRACER`` (a tracer, or its dotted import path), ``DEFAULT_SERVICE``, ``ENABLED``,
-    ``AUTO_INSTRUMENT`` (False: only the request and middleware spans, no view, template,
+    ``AUTO_INSTRUMENT`` (False: only the request span, no middleware, view, template,
     database or cache spans), ``AGENT_HOSTNAME``, ``AGENT_PORT``. It traces nothing itself: the
     probes do, so a request is traced once whether or not ddagent instruments Django anyway.
     As the first entry of ``MIDDLEWARE`` it is built last, so the middleware spans start with
