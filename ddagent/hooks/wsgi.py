@@ -246,8 +246,9 @@ class TracedBody:
     """The response iterable, with the request span active while it produces the body.
 
     The span ends when the server closes the body (PEP 3333), or earlier, when the body is
-    exhausted: test clients read bodies without always closing them. An exception raised while
-    the body is produced is recorded on the span and re-raised.
+    exhausted, or when a half-read body is dropped: test clients read bodies without always
+    closing them, or do not read them at all. An exception raised while the body is produced is
+    recorded on the span and re-raised.
     """
 
     def __init__(self, body: Iterable[bytes], span: Span, integration: Integration) -> None:
@@ -269,7 +270,13 @@ class TracedBody:
                 raise
             finally:
                 ACTIVE_SPAN.reset(token)
-            yield chunk
+            try:
+                yield chunk
+            except GeneratorExit:
+                # The body was dropped half read and never closed (a test client's response
+                # whose data nobody read): the request ends here rather than never.
+                finish_request(self._span, self._integration)
+                raise
 
     def close(self) -> None:
         _close_in_span(getattr(self._body, "close", None), self._span, self._integration)
