@@ -10,8 +10,9 @@
  * It only handles what the Span API stores: exact str, int, float, bool, None, bytes, dict and
  * list values. On anything else (a subclass, an object, an int beyond 64 bits, a failing
  * attribute), it packs nothing and returns fallback(spans), the Python encoder, which converts
- * or rejects the value as its docstring says. No Python code runs while it packs, so the dicts it
- * walks cannot change under it.
+ * or rejects the value as its docstring says. No Python code runs while it packs a value, so the
+ * dicts it walks cannot change under it; reading a duck-typed span's attribute may run a
+ * property's code, which is why each span is held while it is read and the list's size checked.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -339,22 +340,11 @@ static struct {
 static int
 has_version_tag(PyTypeObject *type)
 {
+#if PY_VERSION_HEX >= 0x030C0000
+    return type->tp_version_tag != 0; /* 3.12+ zero it when the type changes (the flag is unused) */
+#else
     return PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG) && type->tp_version_tag != 0;
-}
-
-/* The attribute `name` as `type` resolves it (its MRO's first definition), borrowed; or NULL. */
-static PyObject *
-type_attribute(PyTypeObject *type, PyObject *name)
-{
-    PyObject *mro = type->tp_mro;
-    for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
-        PyObject *found = PyDict_GetItemWithError(
-            ((PyTypeObject *)PyTuple_GET_ITEM(mro, i))->tp_dict, name);
-        if (found != NULL || PyErr_Occurred()) {
-            return found;
-        }
-    }
-    return NULL;
+#endif
 }
 
 /* Remembers `type` if every field is a plain slot of it; 0 if it is not (or on an error). */
@@ -366,9 +356,11 @@ learn_slots(PyTypeObject *type)
     }
     Py_ssize_t offsets[FIELD_COUNT];
     for (int field = 0; field < FIELD_COUNT; field++) {
-        PyObject *descriptor = type_attribute(type, attributes[field]);
+        /* The attribute as `type` resolves it (its MRO's first definition), borrowed; it runs
+         * no Python code. (CPython's own lookup: the static builtin types in an MRO have no
+         * tp_dict to read on 3.12+.) */
+        PyObject *descriptor = _PyType_Lookup(type, attributes[field]);
         if (descriptor == NULL || Py_TYPE(descriptor) != &PyMemberDescr_Type) {
-            PyErr_Clear();
             return 0;
         }
         PyMemberDef *member = ((PyMemberDescrObject *)descriptor)->d_member;
@@ -432,11 +424,20 @@ put_trace(Buffer *buffer, PyObject *spans)
         return -1;
     }
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (put_span(buffer, PyList_GET_ITEM(spans, i)) < 0) {
+        /* A span's attribute may be a property, whose code may change the list: the span is
+         * held while it is read, and a list that changed size is the Python encoder's. */
+        if (PyList_GET_SIZE(spans) != count) {
+            return -1;
+        }
+        PyObject *span = PyList_GET_ITEM(spans, i);
+        Py_INCREF(span);
+        int result = put_span(buffer, span);
+        Py_DECREF(span);
+        if (result < 0) {
             return -1;
         }
     }
-    return 0;
+    return PyList_GET_SIZE(spans) == count ? 0 : -1;
 }
 
 static PyObject *

@@ -93,10 +93,31 @@ fields = {
 }
 
 
+SPAN_FIELDS = ("trace_id", "span_id", "parent_id", "name", "service", "resource", "span_type",
+               "start_ns", "duration_ns", "error", "meta", "metrics")
+
+
+def slots_span_class():
+    """A __slots__ class like ddagent's Span, whose fields the native encoder reads directly."""
+
+    class SlotsSpan:
+        __slots__ = SPAN_FIELDS
+
+        def __init__(self, fields):
+            for name, value in fields.items():
+                setattr(self, name, value)
+
+    return SlotsSpan
+
+
+SLOTS_SPAN = slots_span_class()
+
+
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(st.fixed_dictionaries(fields), min_size=0, max_size=4))
-def test_same_outcome_as_the_python_encoder_for_any_field_values(span_fields):
-    assert_same([FakeSpan(**f) for f in span_fields])
+@given(st.lists(st.tuples(st.booleans(), st.fixed_dictionaries(fields)), max_size=4))
+def test_same_outcome_as_the_python_encoder_for_any_field_values(spans):
+    # Spans read by attribute (a dataclass) and straight from their slots, mixed.
+    assert_same([SLOTS_SPAN(f) if slots else FakeSpan(**f) for slots, f in spans])
 
 
 @pytest.mark.parametrize("length", [0, 31, 32, 255, 256, 65535, 65536])
@@ -163,23 +184,6 @@ def test_deep_nesting_goes_to_the_python_encoder():
     assert recorder.calls == 1
 
 
-SPAN_FIELDS = ("trace_id", "span_id", "parent_id", "name", "service", "resource", "span_type",
-               "start_ns", "duration_ns", "error", "meta", "metrics")
-
-
-def slots_span_class():
-    """A __slots__ class like ddagent's Span, whose fields the native encoder reads directly."""
-
-    class SlotsSpan:
-        __slots__ = SPAN_FIELDS
-
-        def __init__(self, fields):
-            for name, value in fields.items():
-                setattr(self, name, value)
-
-    return SlotsSpan
-
-
 def test_slots_spans_read_directly_encode_the_same():
     SlotsSpan = slots_span_class()
     trace = [SlotsSpan(vars(span)) for span in make_trace(3, meta={"k": "v"})]
@@ -195,6 +199,35 @@ def test_a_slots_class_changed_after_use_is_read_anew():
     SlotsSpan.name = property(lambda self: "renamed")  # no longer the slot
     assert msgpack.unpackb(native([span]))[0]["name"] == "renamed"
     assert_same([span])
+
+
+def test_spans_of_several_classes_one_after_another():
+    # The remembered layout is one class's: others are read by attribute (on 3.12+ the lookup
+    # walks past the static builtin types of the MRO, which have no tp_dict).
+    SlotsSpan, OtherSlotsSpan = slots_span_class(), slots_span_class()
+    fake = make_trace(1)[0]
+    mixed = [SlotsSpan(vars(fake)), fake, OtherSlotsSpan(vars(fake)), fake, SlotsSpan(vars(fake))]
+    for _ in range(3):
+        assert_same(mixed)
+
+
+def test_a_property_that_changes_the_trace_while_it_is_read():
+    trace = make_trace(3)
+
+    class Shrinking(FakeSpan):
+        @property
+        def meta(self):
+            trace.clear()  # the chunk list itself, while the encoder walks it
+            return {}
+
+        @meta.setter
+        def meta(self, value):
+            pass
+
+    trace[1] = Shrinking(**{**vars(trace[1]), "meta": {}})
+    recorder = Recorder()
+    encoded = native(trace, recorder)
+    assert recorder.calls == 1 and msgpack.unpackb(encoded) == []
 
 
 def test_a_missing_attribute_raises_as_in_python():
