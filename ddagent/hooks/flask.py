@@ -83,15 +83,16 @@ def _sub_span(name: str) -> Callable[..., Any]:
     return on_call
 
 
-def _hook_span(name: str, *registries: str) -> Callable[..., Any]:
-    """A hook phase's span, when the app registered functions in one of ``registries``."""
-    def on_call(integration: Integration, app: Any, *_params: Any) -> Any:
-        for registry in registries:
-            if getattr(app, registry, None):  # {blueprint or None: [functions]}
-                return integration.start_child_span(name)
-        return None
+def _hook_phase(method: str, registered: Callable[[tuple], Any]) -> FunctionProbe:
+    """The probe of the hook phase ``Flask.<method>``: its span ``flask.<method>`` exists only
+    when ``registered(params)`` finds functions the app (``params[0]``) registered for it.
 
-    return on_call
+    Most apps have none for most phases, so that check runs before the probe protocol
+    (``only_if``): ~2.3k instructions a phase rather than ~4.7k (callgrind, bench/flask_app).
+    It reads the registries (``{blueprint or None: [functions]}``) as the phase itself does,
+    as attributes: a ``getattr`` with a default would cost ~0.8k more a phase."""
+    return FunctionProbe("flask.app", f"Flask.{method}", on_call=_sub_span(f"flask.{method}"),
+                         only_if=registered)
 
 
 def _view_span(integration: Integration, app: Any) -> Any:
@@ -144,22 +145,18 @@ integration = Integration(
     probes=[
         WSGIAppProbe("flask.app", "Flask.wsgi_app"),
         FunctionProbe("flask.app", "Flask.full_dispatch_request", on_call=_name_request),
-        FunctionProbe("flask.app", "Flask.preprocess_request",
-                      on_call=_hook_span("flask.preprocess_request", "before_request_funcs",
-                                         "url_value_preprocessors")),
+        _hook_phase("preprocess_request", lambda params: (params[0].before_request_funcs
+                                                          or params[0].url_value_preprocessors)),
         FunctionProbe("flask.app", "Flask.dispatch_request", on_call=_view_span),
-        FunctionProbe("flask.app", "Flask.process_response",
-                      on_call=_hook_span("flask.process_response", "after_request_funcs")),
+        _hook_phase("process_response", lambda params: params[0].after_request_funcs),
         FunctionProbe("flask.app", "Flask.handle_user_exception",
                       on_call=_sub_span("flask.handle_user_exception")),
         FunctionProbe("flask.app", "Flask.handle_http_exception",
                       on_call=_sub_span("flask.handle_http_exception")),
         FunctionProbe("flask.app", "Flask.handle_exception", on_call=_unhandled_exception_span),
-        FunctionProbe("flask.app", "Flask.do_teardown_request",
-                      on_call=_hook_span("flask.do_teardown_request", "teardown_request_funcs")),
-        FunctionProbe("flask.app", "Flask.do_teardown_appcontext",
-                      on_call=_hook_span("flask.do_teardown_appcontext",
-                                         "teardown_appcontext_funcs")),
+        _hook_phase("do_teardown_request", lambda params: params[0].teardown_request_funcs),
+        _hook_phase("do_teardown_appcontext",
+                    lambda params: params[0].teardown_appcontext_funcs),
         FunctionProbe("flask.templating", "_render", on_call=_template_span),
     ],
 )

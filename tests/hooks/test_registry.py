@@ -47,13 +47,16 @@ def on_call(integration, *params):
 def on_return(span, result, *params):
     span.set_metric("toy.result", result)
 
+def positive(params):
+    return params[0] > 0
+
 integration = Integration(
     "toy",
     service="toy-service",
     probes=[
         FunctionProbe("toylib", "Client.call", on_call=on_call, on_return=on_return),
         FunctionProbe("toylib", "Client.build", on_call=on_call),
-        FunctionProbe("toylib", "Client.double", on_call=on_call),
+        FunctionProbe("toylib", "Client.double", on_call=on_call, only_if=positive),
         FunctionProbe("toylib", "Client.fail", on_call=on_call),
     ],
 )
@@ -186,6 +189,22 @@ def test_the_wrapt_fallback_has_the_same_behaviour(toy, written, monkeypatch, ca
     probes.disable("toy")
     assert vars(toylib.Base)["call"] is raw["call"]
     assert all(vars(toylib.Client)[n] is raw[n] for n in ("build", "double", "fail"))
+
+
+def test_only_if_turns_calls_down_before_the_probe(toy, written):
+    import toylib
+
+    probes.enable("toy")
+    hook = sys.modules["toyhook"]
+    assert toylib.Client.double(-1) == -2
+    assert (hook.CALLS, written) == ([], [])  # on_call did not run
+    assert toylib.Client.double(3) == 6
+    assert hook.CALLS == [(3,)]
+    assert len(written) == 1
+    before = STATS.get("probes.errors.toy")
+    assert toylib.Client.double("ab") == "abab"  # only_if raises TypeError: a probe error
+    assert STATS.get("probes.errors.toy") == before + 1
+    assert len(written) == 1
 
 
 def test_tracer_disabled_means_pass_through(toy, written, monkeypatch):
