@@ -22,7 +22,8 @@ import urllib.parse
 from typing import TYPE_CHECKING, Any, Callable, Optional, Tuple
 
 from ddagent.context import ACTIVE_SPAN
-from ddagent.pin import Pin
+from ddagent.hooks.registry import global_tracer
+from ddagent.pin import PIN_ATTR
 from ddagent.propagation import (
     HTTP_HEADER_ORIGIN,
     HTTP_HEADER_PARENT_ID,
@@ -157,22 +158,35 @@ def start_server_request(
         return None
     span = None
     try:
-        pin = Pin.get_from(pin_from) if pin_from is not None else None
+        # Pin.get_from inlined: a Python call less per request.
+        pin = getattr(pin_from, PIN_ATTR, None)
+        if pin is None and pin_from is not None:
+            get_pin = getattr(pin_from, "__getddpin__", None)
+            if get_pin is not None:
+                pin = get_pin()
         if pin is not None and not pin.enabled():
             return None
         if tracer is None:
             tracer = pin.tracer if pin is not None else None
             if tracer is None:
-                from ddagent.hooks.registry import global_tracer  # registry imports hooks
-
                 tracer = global_tracer()
         if not tracer.enabled:
             return None
         service = service or (pin.service if pin is not None else None)
+        if not service:
+            # The registry's read of DD_<NAME>_SERVICE (os.environ.get would cost ~1.2 us a
+            # request), else DD_SERVICE, else the integration's default.
+            service = integration.configured_service()
+            if not service:
+                config = getattr(tracer, "config", None)
+                if config is not None and config.sources.get("service") == "env DD_SERVICE":
+                    service = config.service
+                else:
+                    service = integration.service
         method, url, user_agent, headers = read(carrier)
         parent = HTTPPropagator.extract(headers) if headers else None
         span = tracer.trace(integration.name + ".request", child_of=parent, span_type="web",
-                            service=service or _default_service(integration, tracer))
+                            service=service)
         span.resource = method
         # Straight into meta: these values are strs, so set_tag's conversion is not needed.
         meta = span.meta
@@ -242,17 +256,6 @@ def set_status(span: Span, status: Any) -> None:
     code = status_code(status)
     if code is not None:
         span.meta["http.status_code"] = str(code)
-
-
-def _default_service(integration: Integration, tracer: Any) -> str:
-    # The registry's read of DD_<NAME>_SERVICE: os.environ.get costs ~1.2 us a request.
-    configured = integration.configured_service()
-    if configured:
-        return configured
-    config = getattr(tracer, "config", None)
-    if config is not None and config.sources.get("service") == "env DD_SERVICE":
-        return config.service
-    return integration.service
 
 
 # url_tag of "scheme://host/" per (scheme, host): parsing the host is most of the tag's cost and

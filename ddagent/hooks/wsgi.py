@@ -98,8 +98,11 @@ def start_request(
 
 
 def _read_environ(environ: dict) -> RequestFacts:
-    return (environ.get("REQUEST_METHOD", "GET"), _url(environ),
-            environ.get("HTTP_USER_AGENT"), _propagation_headers(environ))
+    # Without a trace id or a traceparent there is no context: the usual request from an
+    # untraced upstream reads no other header (and skips a Python call).
+    propagated = "HTTP_X_DATADOG_TRACE_ID" in environ or "HTTP_TRACEPARENT" in environ
+    return (environ.get("REQUEST_METHOD", "GET"), _url(environ), environ.get("HTTP_USER_AGENT"),
+            _propagation_headers(environ) if propagated else None)
 
 
 # The environ keys of the propagation headers (``x-datadog-trace-id`` -> HTTP_X_DATADOG_TRACE_ID).
@@ -107,13 +110,8 @@ _PROPAGATION_KEYS = {"HTTP_" + header.upper().replace("-", "_"): header
                      for header in PROPAGATION_HEADERS}
 
 
-def _propagation_headers(environ: dict) -> Optional[dict]:
-    """The request's propagation headers, or None.
-
-    Only those headers are read: without a trace id or a traceparent there is no context, which
-    spares the usual untraced-upstream request any header work."""
-    if "HTTP_X_DATADOG_TRACE_ID" not in environ and "HTTP_TRACEPARENT" not in environ:
-        return None
+def _propagation_headers(environ: dict) -> dict:
+    """The request's propagation headers."""
     return {header: environ[key] for key, header in _PROPAGATION_KEYS.items() if key in environ}
 
 
@@ -165,7 +163,8 @@ def trace_wsgi_call(
 ) -> Iterable[bytes]:
     """Call the WSGI ``app`` for one request, traced (see the module docstring)."""
     previous = ACTIVE_SPAN.get()
-    span = start_request(integration, environ, tracer=tracer, service=service, pin_from=pin_from)
+    span = start_server_request(integration, environ, _read_environ, tracer=tracer,
+                                service=service, pin_from=pin_from)
     if span is None:
         return app(environ, start_response)
 
