@@ -214,7 +214,10 @@ def set_route(span: Optional[Span], route: str, resource_name: Optional[str] = N
     or route>``. Does nothing for an untraced request (``span`` None)."""
     if span is None:
         return
-    span.set_tag("http.route", route)
+    if type(route) is str:  # as set_tag would store it, without its call
+        span.meta["http.route"] = route
+    else:
+        span.set_tag("http.route", route)
     span.resource = f"{span.meta.get('http.method')} {resource_name or route}"
 
 

@@ -124,8 +124,9 @@ def _url(environ: dict) -> str:
     """The ``http.url`` tag: ``url_tag(wsgiref.util.request_uri(environ, include_query=False))``,
     with the scheme-and-host part computed once per host."""
     scheme = environ["wsgi.url_scheme"]
-    host = server_host(scheme, environ.get("HTTP_HOST"), environ.get("SERVER_NAME", ""),
-                       environ.get("SERVER_PORT", ""))
+    # The Host header, which nearly every request has, without server_host's call.
+    host = environ.get("HTTP_HOST") or server_host(
+        scheme, None, environ.get("SERVER_NAME", ""), environ.get("SERVER_PORT", ""))
     script_name = environ.get("SCRIPT_NAME", "")
     if script_name and script_name[0] != "/":
         return _long_url(environ)
@@ -238,7 +239,8 @@ def _close_in_span(close: Optional[Callable[[], Any]], span: Span,
         raise
     finally:
         ACTIVE_SPAN.reset(token)
-    finish_request(span, integration)
+    if not span.finished:  # usually it is: the server read the whole body (a call less)
+        finish_request(span, integration)
 
 
 class TracedBody:
