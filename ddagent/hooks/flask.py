@@ -56,9 +56,9 @@ def _current_request() -> Any:
     return flask.request._get_current_object() if flask.has_request_context() else None
 
 
-def _name_request(*_ignored: Any, **_also_ignored: Any) -> None:
-    """Tag the request span with the matched URL rule (any arguments: the signal's, or a probe's
-    ``on_call`` that starts no span of its own, as it returns None)."""
+def _name_request(_integration: Any = None, _app: Any = None) -> None:
+    """Tag the request span with the matched URL rule: the ``on_call`` of
+    ``full_dispatch_request``, which starts no span of its own (it returns None)."""
     global _flask_version
     request = _current_request()
     # request.environ is a dict: request_span's check is not needed (a call less).
@@ -78,6 +78,10 @@ def _name_request(*_ignored: Any, **_also_ignored: Any) -> None:
     if _flask_version is None:
         _flask_version = importlib.metadata.version("flask")
     meta["flask.version"] = _flask_version
+
+
+def _name_request_on_signal(_sender: Any, **_extra: Any) -> None:
+    _name_request()
 
 
 def _record_unhandled(_sender: Any, exception: BaseException, **_extra: Any) -> None:
@@ -145,7 +149,7 @@ class TraceMiddleware:
         app.wsgi_app = WSGITraceMiddleware(app.wsgi_app, integration, tracer, service)
         flask = importlib.import_module("flask")
         # Strong references: the handlers are module functions, connected once per app.
-        flask.request_started.connect(_name_request, sender=app, weak=False)
+        flask.request_started.connect(_name_request_on_signal, sender=app, weak=False)
         flask.got_request_exception.connect(_record_unhandled, sender=app, weak=False)
 
 

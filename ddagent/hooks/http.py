@@ -253,9 +253,11 @@ _STATUS_CODES = {str(code): code for code in range(100, 600)}
 
 def set_status(span: Span, status: Any) -> None:
     """Tag ``http.status_code`` from a status given as ``200``, ``"200 OK"`` or an HTTPStatus."""
-    if type(status) is str and status[:3] in _STATUS_CODES and status[3:4] in (" ", ""):
-        span.meta["http.status_code"] = status[:3]  # "200 OK", as status_code() would read it
-        return
+    if type(status) is str:
+        code = status[:3]
+        if code in _STATUS_CODES and status[3:4] in (" ", ""):
+            span.meta["http.status_code"] = code  # "200 OK", as status_code() would read it
+            return
     code = status_code(status)
     if code is not None:
         span.meta["http.status_code"] = str(code)

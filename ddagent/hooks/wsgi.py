@@ -174,7 +174,9 @@ def trace_wsgi_call(
             set_status(span, status)
         except Exception as error:
             integration.probe_failed(error)
-        return start_response(status, headers, *exc_info)
+        if exc_info:
+            return start_response(status, headers, *exc_info)
+        return start_response(status, headers)  # a plain call: no argument tuple to build
 
     try:
         body = app(environ, traced_start_response)
