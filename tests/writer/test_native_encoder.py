@@ -53,6 +53,14 @@ def assert_same(spans):
     assert outcome(native, spans) == outcome(encode_trace_python, spans)
 
 
+def assert_handed_to_python(spans):
+    """The Python encoder's outcome, which the native one called once to get it."""
+    recorder = Recorder()
+    assert outcome(functools.partial(native, fallback=recorder), spans) == outcome(
+        encode_trace_python, spans)
+    assert recorder.calls == 1
+
+
 class Text(str):
     pass
 
@@ -157,10 +165,7 @@ def test_spans_of_the_tracer_encode_the_same():
 def test_what_it_does_not_pack_goes_to_the_python_encoder(attr, value):
     (span,) = make_trace(1)
     setattr(span, attr, value)
-    recorder = Recorder()
-    assert outcome(functools.partial(native, fallback=recorder), [span]) == outcome(
-        encode_trace_python, [span])
-    assert recorder.calls == 1
+    assert_handed_to_python([span])
 
 
 def test_usual_spans_never_reach_the_python_encoder():
@@ -178,10 +183,7 @@ def test_deep_nesting_goes_to_the_python_encoder():
     span.meta = {"deep": deep}
     for _ in range(100):
         deep["d"] = deep = {}
-    recorder = Recorder()
-    assert outcome(functools.partial(native, fallback=recorder), [span]) == outcome(
-        encode_trace_python, [span])
-    assert recorder.calls == 1
+    assert_handed_to_python([span])
 
 
 def test_slots_spans_read_directly_encode_the_same():
