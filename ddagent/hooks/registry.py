@@ -47,6 +47,7 @@ from ddagent.config import env_bool, parse_switches
 from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks import finder
 from ddagent.pin import PIN_ATTR
+from ddagent.span import Span
 from ddagent.stats import STATS
 
 log = get_logger(__name__)
@@ -113,25 +114,15 @@ class SpanTags:
 
     def update(self, tags: Mapping[str, Any] | None = None,
                metrics: Mapping[str, Any] | None = None) -> None:
-        """Add ``tags`` and ``metrics`` (None values skipped; the rest as Span.set_tag and
-        Span.set_metric keep them: values that cannot be converted are dropped)."""
+        """Add ``tags`` and ``metrics`` (None values skipped), converted by ``Span.set_tag`` and
+        ``Span.set_metric`` themselves: they only touch ``meta`` and ``metrics``, which a
+        SpanTags has too, so a preset keeps exactly what a span would (or drops it, logged)."""
         for key, value in (tags or {}).items():
             if value is not None:
-                try:
-                    self.meta[key] = value if type(value) is str else str(value)
-                except Exception:
-                    log.debug("ddagent: cannot stringify the value of tag %r", key, exc_info=True)
+                Span.set_tag(self, key, value)  # type: ignore[arg-type]
         for key, value in (metrics or {}).items():
-            if value is None:
-                continue
-            try:
-                number = float(value)
-            except (TypeError, ValueError, OverflowError):
-                log.debug("ddagent: dropping metric %r: a %s is not a number", key,
-                          type(value).__name__)
-                continue
-            if math.isfinite(number):
-                self.metrics[key] = number
+            if value is not None:
+                Span.set_metric(self, key, value)  # type: ignore[arg-type]
 
 
 class Integration:
