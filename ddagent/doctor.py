@@ -66,7 +66,7 @@ def _configuration() -> list[str]:
         lines.append("  other DD_* variables set (read by integrations, the launcher's local "
                      "view, or unknown):")
         lines.extend(f"    {name}={os.environ[name]!r}" for name in others)
-    lines.append(_encoder_line())
+    lines.extend(_native_lines())
     tracer_url = _live_tracer_url()
     agent_url = tracer_url or config.agent_url
     lines.append("")
@@ -77,16 +77,28 @@ def _configuration() -> list[str]:
     return lines
 
 
-def _encoder_line() -> str:
-    from ddagent.config import env_bool
+def _native_lines() -> list[str]:
+    """Whether the native span core and trace encoder run, and if not, why."""
+    from ddagent import span
     from ddagent.writer import encoding
 
-    if encoding.encode_trace is not encoding.encode_trace_python:
-        return "Trace encoder: native (ddagent/writer/_encoder.c)"
-    if env_bool("DD_TRACE_NATIVE_ENCODER") is False:
-        return "Trace encoder: Python (DD_TRACE_NATIVE_ENCODER=false)"
-    return ("Trace encoder: Python (the native encoder is not built for this Python; "
-            "reinstall ddagent where a C compiler is available)")
+    return [
+        _native_line("Span core", span.SpanCore is not span.PythonSpanCore,
+                     "DD_TRACE_NATIVE_SPAN", "ddagent/_span.c"),
+        _native_line("Trace encoder", encoding.encode_trace is not encoding.encode_trace_python,
+                     "DD_TRACE_NATIVE_ENCODER", "ddagent/writer/_encoder.c"),
+    ]
+
+
+def _native_line(part: str, native: bool, variable: str, source: str) -> str:
+    from ddagent.config import env_bool
+
+    if native:
+        return f"{part}: native ({source})"
+    if env_bool(variable) is False:
+        return f"{part}: Python ({variable}=false)"
+    return (f"{part}: Python ({source} is not built for this Python; reinstall ddagent where a "
+            "C compiler is available)")
 
 
 def _live_tracer_url() -> Optional[str]:

@@ -1,7 +1,12 @@
 """Span: one timed operation, with its tags (``meta``) and numeric ``metrics``.
 
-Creating and finishing spans is the tracer's hot path, so Span uses ``__slots__`` and keeps its
-bookkeeping to a few attribute stores; the only allocations are the ``meta``/``metrics`` dicts.
+Creating and finishing spans is the tracer's hot path. :class:`PythonSpanCore` holds a span's fields
+(``__slots__``) and the methods every traced operation calls: ``__init__``, ``set_tag``,
+``set_metric``, ``finish`` and the ``with`` protocol. ``ddagent/_span.c`` is its native twin,
+used when it is built (``DD_TRACE_NATIVE_SPAN=false`` keeps the Python one): it runs the usual
+case of each method and hands every other call to the Python method here, so this file says
+what a span does. :class:`Span` adds the rest of the API on top of whichever core is in use.
+
 Times are integers: ``start_ns`` is epoch ns, the duration comes from the monotonic clock (never
 negative). ``start``/``duration`` remain float-second properties for the seed's API.
 """
@@ -15,6 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Optional
 
 from ddagent._logging import get_logger
+from ddagent.config import env_bool
 from ddagent.ext import errors
 from ddagent.ids import LOW_64, getrandbits
 
@@ -29,10 +35,11 @@ _time_ns = time.time_ns
 _monotonic_ns = time.monotonic_ns
 
 
-class Span:
-    """A timed operation. The writer reads ``trace_id``, ``span_id``, ``parent_id``, ``name``,
-    ``service``, ``resource``, ``span_type``, ``start_ns``, ``duration_ns``, ``error``, ``meta``
-    and ``metrics`` (see docs/architecture.md)."""
+class PythonSpanCore:
+    """A span's fields and hot methods (see the module's docstring). The writer reads
+    ``trace_id``, ``span_id``, ``parent_id``, ``name``, ``service``, ``resource``,
+    ``span_type``, ``start_ns``, ``duration_ns``, ``error``, ``meta`` and ``metrics`` (see
+    docs/architecture.md)."""
 
     __slots__ = (
         "trace_id", "span_id", "parent_id", "name", "service", "resource", "span_type",
@@ -81,6 +88,81 @@ class Span:
         self._parent: Optional[Span] = None  # the local parent span, if any
         self._prev_active: Optional[Span] = None  # the active span when this one was activated
 
+    def finish(self, finish_time: Optional[float] = None) -> None:
+        """Close the span (once; later calls do nothing). A duration set by hand is kept."""
+        if self._finished:
+            return
+        self._finished = True
+        if self.duration_ns is None:
+            if finish_time is None:
+                # The monotonic clock never goes back: no clamp needed.
+                self.duration_ns = _monotonic_ns() - self._start_monotonic_ns
+            else:
+                self.duration_ns = max(0, int(finish_time * 1e9) - self.start_ns)
+        if self.tracer is not None:
+            self.tracer._on_span_finish(self)  # never raises
+
+    def set_tag(self, key: str, value: Any) -> None:
+        """Set a string tag (any value is stringified, as the seed did)."""
+        try:
+            self.meta[key] = value if type(value) is str else str(value)
+        except Exception:
+            log.debug("ddagent: cannot stringify the value of tag %r", key, exc_info=True)
+
+    def set_metric(self, key: str, value: Any) -> None:
+        """Set a numeric metric, stored as a float (the wire type, so the encoder's fast path
+        applies). Non-numbers, NaN and infinities are dropped with a debug log."""
+        if type(value) is not float:
+            try:
+                value = float(value)
+            except (TypeError, ValueError, OverflowError):
+                # The type, not the value: formatting a user's object may raise or be huge.
+                log.debug("ddagent: dropping metric %r: a %s is not a number", key,
+                          type(value).__name__)
+                return
+        if not math.isfinite(value):
+            log.debug("ddagent: dropping metric %r: %r is not finite", key, value)
+            return
+        self.metrics[key] = value
+
+    def __enter__(self) -> Span:
+        return self  # type: ignore[return-value]  # a core is only ever a Span's
+
+    def __exit__(
+        self,
+        exc_type: Optional[type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> None:
+        if exc_type is not None:
+            self.set_exc_info(exc_type, exc, tb)  # type: ignore[attr-defined]  # Span's
+        self.finish()
+
+
+def _native_core() -> Optional[type[PythonSpanCore]]:
+    """The native twin of :class:`PythonSpanCore`, unless it is not built or switched off."""
+    if env_bool("DD_TRACE_NATIVE_SPAN") is False:
+        return None
+    try:
+        from ddagent import _span
+    except ImportError:  # installed without a C compiler, or a Python it was not built for
+        return None
+    _span.use_python_twin(PythonSpanCore)
+    return _span.SpanCore  # type: ignore[return-value]  # its twin, field for field
+
+
+if TYPE_CHECKING:  # type checkers see the Python core, which the native one mirrors
+    SpanCore = PythonSpanCore
+else:
+    SpanCore = _native_core() or PythonSpanCore
+    """The span core in use: native where it can be."""
+
+
+class Span(SpanCore):
+    """A timed operation: the core's fields and hot methods, and the rest of the seed's API."""
+
+    __slots__ = ()
+
     # -- time, in the seed's float seconds ---------------------------------------------------
 
     @property
@@ -103,55 +185,18 @@ class Span:
     def finished(self) -> bool:
         return self._finished
 
-    def finish(self, finish_time: Optional[float] = None) -> None:
-        """Close the span (once; later calls do nothing). A duration set by hand is kept."""
-        if self._finished:
-            return
-        self._finished = True
-        if self.duration_ns is None:
-            if finish_time is None:
-                # The monotonic clock never goes back: no clamp needed.
-                self.duration_ns = _monotonic_ns() - self._start_monotonic_ns
-            else:
-                self.duration_ns = max(0, int(finish_time * 1e9) - self.start_ns)
-        if self.tracer is not None:
-            self.tracer._on_span_finish(self)  # never raises
-
     # -- tags and metrics ------------------------------------------------------------------
-
-    def set_tag(self, key: str, value: Any) -> None:
-        """Set a string tag (any value is stringified, as the seed did)."""
-        try:
-            self.meta[key] = value if type(value) is str else str(value)
-        except Exception:
-            log.debug("ddagent: cannot stringify the value of tag %r", key, exc_info=True)
 
     def set_tags(self, tags: Optional[dict[str, Any]]) -> None:
         if tags:
             for key, value in tags.items():
                 self.set_tag(key, value)
 
-    set_meta = set_tag
+    set_meta = SpanCore.set_tag
     set_metas = set_tags
 
     def get_tag(self, key: str) -> Optional[str]:
         return self.meta.get(key)
-
-    def set_metric(self, key: str, value: Any) -> None:
-        """Set a numeric metric, stored as a float (the wire type, so the encoder's fast path
-        applies). Non-numbers, NaN and infinities are dropped with a debug log."""
-        if type(value) is not float:
-            try:
-                value = float(value)
-            except (TypeError, ValueError, OverflowError):
-                # The type, not the value: formatting a user's object may raise or be huge.
-                log.debug("ddagent: dropping metric %r: a %s is not a number", key,
-                          type(value).__name__)
-                return
-        if not math.isfinite(value):
-            log.debug("ddagent: dropping metric %r: %r is not finite", key, value)
-            return
-        self.metrics[key] = value
 
     def set_metrics(self, metrics: Optional[dict[str, Any]]) -> None:
         if metrics:
@@ -239,20 +284,7 @@ class Span:
         return Context(self.trace_id, self.span_id, trace.priority, trace.origin,
                        dict(trace.tags), trace.tracestate)
 
-    # -- context manager and display -----------------------------------------------------
-
-    def __enter__(self) -> Span:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: Optional[type[BaseException]],
-        exc: Optional[BaseException],
-        tb: Optional[TracebackType],
-    ) -> None:
-        if exc_type is not None:
-            self.set_exc_info(exc_type, exc, tb)
-        self.finish()
+    # -- display -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
         """The span as the agent receives it (low 64 bits of the trace id, times in ns)."""

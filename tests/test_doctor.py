@@ -51,11 +51,17 @@ def test_doctor_with_the_agent_down():
     assert "Integrations:" in result.stdout
 
 
-def test_doctor_names_the_trace_encoder():
-    assert "Trace encoder: Python (DD_TRACE_NATIVE_ENCODER=false)" in run(
-        "-m", "ddagent", "doctor", DD_TRACE_NATIVE_ENCODER="false").stdout
-    # CI builds the native encoder (tests/writer/test_native_encoder.py insists on it there).
-    assert "Trace encoder: " in run("-m", "ddagent", "doctor").stdout
+def test_doctor_names_the_span_core_and_trace_encoder():
+    python = run("-m", "ddagent", "doctor", DD_TRACE_NATIVE_ENCODER="false",
+                 DD_TRACE_NATIVE_SPAN="false").stdout
+    assert "Span core: Python (DD_TRACE_NATIVE_SPAN=false)" in python
+    assert "Trace encoder: Python (DD_TRACE_NATIVE_ENCODER=false)" in python
+    # CI builds both (tests/core/test_native_span.py and tests/writer/test_native_encoder.py
+    # insist on it there).
+    default = run("-m", "ddagent", "doctor").stdout
+    assert "Span core: native (ddagent/_span.c)" in default or not os.environ.get("CI")
+    assert "Trace encoder: native (ddagent/writer/_encoder.c)" in default or not os.environ.get(
+        "CI")
 
 
 def test_info_is_an_alias_of_doctor():

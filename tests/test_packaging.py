@@ -57,12 +57,14 @@ def test_wheel_and_sdist_hold_the_package(dist):
             "ddagent/summary.py", "ddagent/bootstrap/sitecustomize.py",
             "ddagent/hooks/redis.py", "ddagent/writer/agent.py"} <= names
     assert not any(name.startswith(("tests/", "bench/", "examples/")) for name in names)
-    assert any(name.startswith("ddagent/writer/_encoder.") and name.endswith(".so")
-               for name in names)
+    for extension in ("ddagent/_span.", "ddagent/writer/_encoder."):
+        assert any(name.startswith(extension) and name.endswith(".so") for name in names)
+    assert "ddagent/_span.pyi" in names
     assert "ddagent = ddagent.__main__:main" in entry_points
     with tarfile.open(dist / f"ddagent-{__version__}.tar.gz") as tf:
         members = set(tf.getnames())
     assert f"ddagent-{__version__}/ddagent/py.typed" in members
+    assert f"ddagent-{__version__}/ddagent/_span.c" in members
     assert f"ddagent-{__version__}/ddagent/writer/_encoder.c" in members
     assert f"ddagent-{__version__}/CHANGELOG.rst" in members
 
@@ -100,7 +102,8 @@ def test_wheel_in_a_clean_venv_runs_the_example_from_outside_the_repo(dist, tmp_
     doctor = run("-m", "ddagent", "doctor")
     assert doctor.returncode == 0 and f"Agent: {UNREACHABLE} does not answer" in doctor.stdout
     assert str(env_dir) in doctor.stdout  # the report names the clean interpreter
-    assert "Trace encoder: native" in doctor.stdout  # the wheel's compiled encoder loads
+    # the wheel's compiled extensions load
+    assert "Span core: native" in doctor.stdout and "Trace encoder: native" in doctor.stdout
 
 
 def test_public_api_passes_mypy_strict():

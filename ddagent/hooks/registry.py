@@ -47,7 +47,7 @@ from ddagent.config import env_bool, parse_switches
 from ddagent.context import ACTIVE_SPAN
 from ddagent.hooks import finder
 from ddagent.pin import PIN_ATTR
-from ddagent.span import Span
+from ddagent.span import PythonSpanCore
 from ddagent.stats import STATS
 
 log = get_logger(__name__)
@@ -114,15 +114,16 @@ class SpanTags:
 
     def update(self, tags: Mapping[str, Any] | None = None,
                metrics: Mapping[str, Any] | None = None) -> None:
-        """Add ``tags`` and ``metrics`` (None values skipped), converted by ``Span.set_tag`` and
-        ``Span.set_metric`` themselves: they only touch ``meta`` and ``metrics``, which a
-        SpanTags has too, so a preset keeps exactly what a span would (or drops it, logged)."""
+        """Add ``tags`` and ``metrics`` (None values skipped), converted by a span's own
+        ``set_tag`` and ``set_metric`` (the Python ones: they only touch ``meta`` and
+        ``metrics``, which a SpanTags has too), so a preset keeps exactly what a span would (or
+        drops it, logged)."""
         for key, value in (tags or {}).items():
             if value is not None:
-                Span.set_tag(self, key, value)  # type: ignore[arg-type]
+                PythonSpanCore.set_tag(self, key, value)  # type: ignore[arg-type]
         for key, value in (metrics or {}).items():
             if value is not None:
-                Span.set_metric(self, key, value)  # type: ignore[arg-type]
+                PythonSpanCore.set_metric(self, key, value)  # type: ignore[arg-type]
 
 
 class Integration:

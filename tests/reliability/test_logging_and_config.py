@@ -65,6 +65,7 @@ GARBAGE = {
     "DD_TRACE_SPAN_TRACEBACK_MAX_SIZE": None, "DD_TRACE_X_DATADOG_TAGS_MAX_LENGTH": None,
     "DD_TRACE_SUMMARY": "maybe",
     "DD_TRACE_NATIVE_ENCODER": "maybe",
+    "DD_TRACE_NATIVE_SPAN": "maybe",
     "DD_TRACE_SPANS_FILE": None,  # a path
     "DD_PATCH_MODULES": "redis:maybe",
     "DD_PROBES_CONTROL_POLL_SECONDS": "never",

@@ -1,0 +1,9 @@
+"""The native span core (ddagent/_span.c); ddagent/span.py says what it is."""
+
+from typing import Any
+
+class SpanCore:
+    def __init__(self, *args: Any, **kwargs: Any) -> None: ...
+
+def use_python_twin(cls: type[Any], /) -> None: ...
+def seed(data: bytes, /) -> None: ...
