@@ -138,7 +138,9 @@ class AgentWriter:
                               "dropping a trace of %d bytes: the payload limit is %d bytes",
                               size, self.max_payload_bytes)
                 return
-            with self._lock:
+            lock = self._lock  # acquire()/release(): `with` costs ~1k instructions more
+            lock.acquire()
+            try:
                 buffer = self._buffer
                 buffered = self._buffer_bytes + size
                 traces = len(buffer.traces) + 1
@@ -150,6 +152,8 @@ class AgentWriter:
                     half_full = (buffered * 2 > self.max_buffer_bytes
                                  or traces * 2 > self.max_buffer_traces)
                 worker = self._worker
+            finally:
+                lock.release()
             if not fits:
                 STATS.incr("spans.dropped.buffer_full", span_count)
                 self._log.log(logging.WARNING, "buffer_full",
