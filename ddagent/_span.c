@@ -272,12 +272,14 @@ static PyObject *
 span_set_tag(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
-    if (nargs == 2 && kwnames == NULL && PyUnicode_CheckExact(args[1]) && self->meta != NULL
-        && PyDict_CheckExact(self->meta)) {
+    /* str keys only: their hash runs no Python code, so a failure (no memory) can be left to
+     * the twin to meet again and log */
+    if (nargs == 2 && kwnames == NULL && PyUnicode_CheckExact(args[0])
+        && PyUnicode_CheckExact(args[1]) && self->meta != NULL && PyDict_CheckExact(self->meta)) {
         if (PyDict_SetItem(self->meta, args[0], args[1]) == 0) {
             Py_RETURN_NONE;
         }
-        PyErr_Clear(); /* an unhashable key: the twin meets it again and logs it */
+        PyErr_Clear();
     }
     return delegate(twin.set_tag, (PyObject *)self, args, nargs, kwnames);
 }
