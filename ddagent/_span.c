@@ -5,11 +5,11 @@
  * __init__ costs ~9k instructions, most of it the Python call from type.__call__, the two id
  * draws from random.Random and the clock reads; here it is ~1.5k.
  *
- * It handles only the usual case of each method, exactly as PythonSpanCore does it, and hands every
- * other call to PythonSpanCore's own method (the "twin", given once by span.py): a tag whose value
- * is not a str, a metric that is not an int or a finite float, an explicit start or finish time,
- * an exception leaving a `with` block, a field in a state the tracer never leaves it in. So what
- * an unusual call does (its conversions, logs and errors) is written once, in Python.
+ * It handles only the usual case of each method, exactly as PythonSpanCore does it, and hands
+ * every other call to PythonSpanCore's own method (the "twin", given once by span.py): a tag whose
+ * key or value is not a str, a metric that is not an int or a finite float, an explicit start or
+ * finish time, an exception leaving a `with` block, a field in a state the tracer never leaves it
+ * in. So what an unusual call does (its conversions, logs and errors) is written once, in Python.
  *
  * The fields are plain object members, as __slots__ would make them: the native encoder
  * (writer/_encoder.c) and Python code read them the same way for either core.
@@ -55,7 +55,7 @@ static struct {
 static PyObject *str_on_span_finish, *str_finish, *zero;
 static PyObject *native_finish; /* SpanCore.finish, to see whether a subclass replaced it */
 
-/* -- ids: splitmix64, seeded by span.py from os.urandom and again in a forked child -------- */
+/* -- ids: splitmix64, seeded by ids.py from os.urandom and again in a forked child --------- */
 
 static uint64_t id_state;
 
