@@ -70,6 +70,14 @@ random_id(void)
 }
 
 static PyObject *
+random_bits(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    return PyLong_FromUnsignedLongLong(random_id());
+}
+
+static PyObject *
 seed(PyObject *module, PyObject *arg)
 {
     (void)module;
@@ -533,6 +541,8 @@ static PyMethodDef module_methods[] = {
     {"use_python_twin", use_python_twin, METH_O,
      "use_python_twin(cls): the class whose methods take the calls SpanCore leaves to Python."},
     {"seed", seed, METH_O, "seed(bytes): reseed the span and trace id generator (8+ bytes)."},
+    {"random_bits", random_bits, METH_NOARGS,
+     "random_bits() -> int: 64 random bits from the id generator (never zero)."},
     {NULL, NULL, 0, NULL},
 };
 

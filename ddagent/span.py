@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from ddagent._logging import get_logger
 from ddagent.config import env_bool
 from ddagent.ext import errors
-from ddagent.ids import LOW_64, getrandbits
+from ddagent.ids import LOW_64, random_bits
 
 if TYPE_CHECKING:
     from ddagent.context import Context, TraceBuffer
@@ -75,8 +75,8 @@ class PythonSpanCore:
             self._start_monotonic_ns = _monotonic_ns() - max(0, _time_ns() - start_ns)
         # The ids as ddagent/ids.py lays them out; the trace id's top half is the start second.
         self.trace_id = trace_id or (
-            ((start_ns // 1_000_000_000) << 96) | (getrandbits(64) or 1))
-        self.span_id = span_id or getrandbits(64) or 1
+            ((start_ns // 1_000_000_000) << 96) | (random_bits() or 1))
+        self.span_id = span_id or random_bits() or 1
         self.parent_id = parent_id
         self.error = 0
         self.meta: dict[str, str] = {}

@@ -891,6 +891,29 @@ def test_the_switch_selects_the_core(setting: str, expected: str) -> None:
     assert ("ignoring DD_TRACE_NATIVE_SPAN='maybe'" in result.stderr) == malformed, result.stderr
 
 
+WITHOUT_THE_EXTENSION = """
+import os, sys
+sys.modules["ddagent._span"] = None  # as on an install without a C compiler
+import ddagent.ids as ids
+import ddagent.span as s
+assert s.SpanCore is s.PythonSpanCore and ids._native is None and "random" in sys.modules
+span = s.Span(None, "x")
+assert span.span_id > 0 and 0 < span.trace_id & ((1 << 64) - 1) and span.trace_id >> 96 > 0
+read, write = os.pipe()
+if os.fork() == 0:
+    os.write(write, str(ids.random_bits()).encode()); os._exit(0)
+os.wait()
+assert int(os.read(read, 100)) != ids.random_bits()  # the child was reseeded
+print("ok")
+"""
+
+
+def test_without_the_extension_spans_and_ids_come_from_python() -> None:
+    if not hasattr(os, "fork"):
+        pytest.skip("needs fork")
+    assert run_python(WITHOUT_THE_EXTENSION, "").stdout == "ok\n"
+
+
 TRACED_PROGRAM = """
 import json
 
