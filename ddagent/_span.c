@@ -336,13 +336,13 @@ finish_now(SpanObject *self)
     if (self->finished == Py_True) {
         return Py_NewRef(Py_None);
     }
+    PyObject *start = self->start_monotonic_ns;
     if (self->finished != Py_False || self->tracer == NULL || self->duration_ns == NULL
-        || (self->duration_ns == Py_None
-            && (self->start_monotonic_ns == NULL || !PyLong_CheckExact(self->start_monotonic_ns)))) {
+        || (self->duration_ns == Py_None && (start == NULL || !PyLong_CheckExact(start)))) {
         return delegate(twin.finish, (PyObject *)self, NULL, 0, NULL);
     }
     if (self->duration_ns == Py_None) {
-        long long started = PyLong_AsLongLong(self->start_monotonic_ns);
+        long long started = PyLong_AsLongLong(start);
         if (started == -1 && PyErr_Occurred()) {
             PyErr_Clear();
             return delegate(twin.finish, (PyObject *)self, NULL, 0, NULL);

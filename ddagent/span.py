@@ -1,7 +1,7 @@
 """Span: one timed operation, with its tags (``meta``) and numeric ``metrics``.
 
-Creating and finishing spans is the tracer's hot path. :class:`PythonSpanCore` holds a span's fields
-(``__slots__``) and the methods every traced operation calls: ``__init__``, ``set_tag``,
+Creating and finishing spans is the tracer's hot path. :class:`PythonSpanCore` holds a span's
+fields (``__slots__``) and the methods every traced operation calls: ``__init__``, ``set_tag``,
 ``set_metric``, ``finish`` and the ``with`` protocol. ``ddagent/_span.c`` is its native twin,
 used when it is built (``DD_TRACE_NATIVE_SPAN=false`` keeps the Python one): it runs the usual
 case of each method and hands every other call to the Python method here, so this file says
