@@ -419,6 +419,7 @@ span_exit(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kwna
 
 /* -- the type ------------------------------------------------------------------------------ */
 
+/* The FIELD_COUNT fields, as an array: they are consecutive object pointers in SpanObject. */
 static PyObject **
 fields(SpanObject *self)
 {
@@ -555,6 +556,7 @@ static struct PyModuleDef module_definition = {
 PyMODINIT_FUNC
 PyInit__span(void)
 {
+    Py_BUILD_ASSERT(sizeof(SpanObject) == sizeof(PyObject) + FIELD_COUNT * sizeof(PyObject *));
     str_on_span_finish = PyUnicode_InternFromString("_on_span_finish");
     str_finish = PyUnicode_InternFromString("finish");
     zero = PyLong_FromLong(0);
