@@ -19,30 +19,30 @@ try:
 except ImportError:  # built without a C compiler
     _native = None
 
+# random_bits(): 64 random bits; a span id is ``random_bits() or 1`` (see PythonSpanCore).
 if _native is not None:
-    # 64 random bits (never zero) from the native generator: both span cores draw from it, and
-    # `random` (~2 ms of start-up, -X importtime) is not imported.
+    # The native generator's (never zero): both span cores draw from it, and `random` (~2 ms
+    # of start-up, -X importtime) is not imported.
     random_bits = _native.random_bits
-    _native.seed(os.urandom(8))
 else:
     import functools
     import random
 
     _rng = random.Random()
     random_bits = functools.partial(_rng.getrandbits, 64)
-"""64 random bits: a span id is ``random_bits() or 1`` (see PythonSpanCore.__init__)."""
 
 LOW_64 = (1 << 64) - 1
 
 
 def _reseed() -> None:
-    # The child inherits the parent's generator state; without a reseed both would continue
-    # the same sequence.
+    # From os.urandom: at import, and in a forked child, which inherits the parent's generator
+    # state and without a reseed would continue the same sequence.
     if _native is not None:
         _native.seed(os.urandom(8))
     else:
         _rng.seed()
 
 
+_reseed()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reseed)
