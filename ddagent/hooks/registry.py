@@ -303,9 +303,13 @@ class Integration:
             return None
         return None if span is None else (span, params)
 
-    def exit(self, token: Any, result: Any, exc: BaseException | None,
-             on_return: OnReturn | None = None) -> None:
-        """Finish the span of ``token``: record ``exc``, or let ``on_return`` tag the result."""
+    def exit(self, on_return: OnReturn | None, token: Any, result: Any,
+             exc: BaseException | None) -> None:
+        """Finish the span of ``token``: record ``exc``, or let ``on_return`` tag the result.
+
+        ``on_return`` comes first so that a probe binds it positionally
+        (``partial(integration.exit, on_return)``): a partial holding a keyword builds a dict
+        per call (~1k instructions a probed call, callgrind)."""
         if token is None:
             return
         span, params = token
@@ -429,10 +433,7 @@ class FunctionProbe:
             enter = functools.partial(integration.enter, self.on_call)
             if self.only_if is not None:
                 enter = _checked_first(self.only_if, enter, integration)
-            # Without an on_return, the bound method itself: a partial holding a keyword
-            # builds a dict per call (~1k instructions a probed call, callgrind).
-            exit = (integration.exit if self.on_return is None
-                    else functools.partial(integration.exit, on_return=self.on_return))
+            exit = functools.partial(integration.exit, self.on_return)
             self._hook_cache = (integration, enter, exit)
         return self._hook_cache[1], self._hook_cache[2]
 

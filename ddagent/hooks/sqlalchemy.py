@@ -90,7 +90,7 @@ def _end_statement(cursor: Any, error: Optional[BaseException]) -> None:
         OUTER_QUERY_SPAN.reset(outer_reset)
     except ValueError:  # set in another context (should not happen): clear it here
         OUTER_QUERY_SPAN.set(None)
-    integration.exit(token, cursor, error, _record_row_count)
+    integration.exit(_record_row_count, token, cursor, error)
 
 
 def _record_row_count(span: Any, cursor: Any, connection: Any, statement: str) -> None:

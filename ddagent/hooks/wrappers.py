@@ -54,9 +54,9 @@ def call_probed(integration: Integration, on_call: OnCall, params: tuple,
     try:
         result = call()
     except BaseException as exc:
-        integration.exit(token, None, exc)
+        integration.exit(None, token, None, exc)
         raise
-    integration.exit(token, result, None, on_return)
+    integration.exit(on_return, token, result, None)
     return result
 
 
@@ -70,9 +70,9 @@ async def call_probed_async(integration: Integration, on_call: OnCall, params: t
     try:
         result = await call()
     except BaseException as exc:
-        integration.exit(token, None, exc)
+        integration.exit(None, token, None, exc)
         raise
-    integration.exit(token, result, None, on_return)
+    integration.exit(on_return, token, result, None)
     return result
 
 
