@@ -104,12 +104,65 @@ class Context:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"na": f"exit {proc.returncode}: {last[:160]}"}
 
+    def agent_pid(self) -> Optional[int]:
+        """The test agent's pid, to read its CPU: run.py starts it as a child of this process,
+        with ``--port`` the port of ``agent_url``."""
+        port = self.agent_url.rsplit(":", 1)[-1]
+        for pid in child_pids(os.getpid()):
+            argv = cmdline(pid)
+            if "--port" in argv and argv[argv.index("--port") + 1:][:1] == [port]:
+                return pid
+        return None
+
     def clear_agent(self) -> None:
         """Empty the test agent's store: it keeps every request in memory."""
         try:
             urllib.request.urlopen(self.agent_url + "/test/session/clear", timeout=10).read()
         except OSError:
             pass
+
+
+def proc_stat(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat``, numbered as in proc(5) less one (``[13]`` is utime).
+
+    The command name (field 2) is cut out by its parentheses: it may hold spaces.
+    """
+    text = Path(f"/proc/{pid}/stat").read_text()
+    head, _, tail = text.rpartition(")")
+    number, comm = head.split(" (", 1)
+    return [number, comm, *tail.split()]
+
+
+def cmdline(pid: int) -> list[str]:
+    """The command line of ``pid``; empty if it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid``: from ``/proc/<pid>/task/*/children`` (a child is listed
+    under the thread that forked it), else, on kernels without that file, by each process's
+    parent pid (field 4 of its stat)."""
+    files = list(Path(f"/proc/{pid}/task").glob("*/children"))
+    if files:
+        found: set[int] = set()
+        for path in files:
+            try:
+                found.update(int(p) for p in path.read_text().split())
+            except OSError:  # the thread ended meanwhile
+                pass
+        return sorted(found)
+    children = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(proc_stat(int(entry.name))[3]) == pid:
+                    children.append(int(entry.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return sorted(children)
 
 
 @dataclass

@@ -2,6 +2,10 @@
 one worker under ``wrk`` (requests/s, p50/p99 latency; wrk, gunicorn and the agent share the
 machine's cores, as they would in production with a local agent).
 
+Requests/s swings between runs on a noisy machine; the gunicorn worker's own CPU per request
+(every thread of it, so the exporter counts) is much steadier and explains a throughput ratio,
+and the test agent's CPU during the run shows what the agent takes from the shared cores.
+
 Under gunicorn each contender instruments the app through its documented launcher alone:
 ``python -m ddagent``, ``ddtrace-run`` and ``opentelemetry-instrument`` (with
 ``opentelemetry-distro``, which is what configures its SDK and exporter).
@@ -9,6 +13,7 @@ Under gunicorn each contender instruments the app through its documented launche
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -20,17 +25,31 @@ from typing import Optional
 
 from bench import tracers
 from bench.child import cpu_per_op, sized
-from bench.runner import Context, Results, Row, Target
+from bench.runner import Context, Results, Row, Target, child_pids, cmdline, proc_stat
 from tests.testagent import free_port
 
 TITLE = "3. a Flask request"
-CASES = ["test client", "gunicorn -w 1 + wrk"]
+WRK = "gunicorn -w 1 + wrk"
+# The worker's and the agent's CPU are cases of their own so that either can be n/a (with its
+# reason) while the wrk figures stand.
+WORKER, AGENT = "gunicorn worker", "test agent"
+CASES = ["test client", WRK, WORKER, AGENT]
 ROWS = [
     Row("test client", "cpu_us", "test client: CPU per request", "µs"),
-    Row("gunicorn -w 1 + wrk", "rps", "gunicorn -w 1 + wrk: throughput", "req/s"),
-    Row("gunicorn -w 1 + wrk", "p50_ms", "gunicorn -w 1 + wrk: p50 latency", "ms"),
-    Row("gunicorn -w 1 + wrk", "p99_ms", "gunicorn -w 1 + wrk: p99 latency", "ms"),
+    Row(WRK, "rps", "gunicorn -w 1 + wrk: throughput", "req/s"),
+    Row(WRK, "p50_ms", "gunicorn -w 1 + wrk: p50 latency", "ms"),
+    Row(WRK, "p99_ms", "gunicorn -w 1 + wrk: p99 latency", "ms"),
+    Row(WORKER, "cpu_us", "gunicorn -w 1 + wrk: worker CPU per request", "µs"),
+    Row(AGENT, "cpu_pct", "gunicorn -w 1 + wrk: agent CPU during the run", "% of a core",
+        ratio_to=None),  # ~0 without a tracer: a ratio to it would mean nothing
 ]
+# How long each contender's exporter may hold finished spans: the Datadog writers send once a
+# second, OpenTelemetry's batch processor every 5 s (or at 512 spans). The worker's CPU window
+# opens and closes that long after the traffic, so the warm-up's export falls before it and the
+# run's last export inside it.
+EXPORT_WAIT_S = {"baseline": 0.0, "ddagent": 1.2, "ddtrace": 1.2, "otel": 5.2}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
 # --- in-process test client: each contender instruments Flask its own documented way ---------
 
 def child(contender: str) -> dict:
@@ -73,6 +92,7 @@ def launcher(ctx: Context, contender: str) -> list[str]:
 
 
 def gunicorn(ctx: Context, contender: str) -> dict:
+    """``{case: figures}``: wrk's figures, the worker's CPU, the agent's; or ``{"na": why}``."""
     if shutil.which("wrk") is None:
         return {"na": "wrk not installed (apt-get install -y wrk)"}
     port = free_port()
@@ -90,11 +110,20 @@ def gunicorn(ctx: Context, contender: str) -> dict:
                 return {"na": f"gunicorn did not serve: {last[:160]}"}
             for _ in range(100):  # warm-up: imports, first spans, the writer's thread
                 urllib.request.urlopen(url).read()
+            worker, why_not = _worker_pid(server.pid)
+            agent = ctx.agent_pid()
+            time.sleep(EXPORT_WAIT_S[contender])
+            worker_before, agent_before = _cpu(worker), _cpu(agent)
             duration = "2s" if ctx.quick else "5s"
+            started = time.monotonic()
             out = subprocess.run(
                 ["wrk", "-t1", "-c10", f"-d{duration}", "--latency", url],
                 capture_output=True, text=True, check=True,
             ).stdout
+            wall = time.monotonic() - started
+            agent_after = _cpu(agent)
+            time.sleep(EXPORT_WAIT_S[contender])
+            worker_after = _cpu(worker)
         finally:
             server.terminate()
             try:
@@ -102,7 +131,53 @@ def gunicorn(ctx: Context, contender: str) -> dict:
             except subprocess.TimeoutExpired:
                 server.kill()
                 server.wait()
-    return _parse_wrk(out)
+    figures = _parse_wrk(out)
+    requests = figures.pop("requests")
+    if worker is None:
+        worker_case = {"na": why_not}
+    elif not requests:
+        worker_case = {"na": "wrk completed no request"}
+    elif worker_before is None or worker_after is None or worker_before[0] != worker_after[0]:
+        worker_case = {"na": "the gunicorn worker was replaced during the run"}
+    else:
+        worker_case = {"cpu_us": (worker_after[1] - worker_before[1]) / CLK_TCK / requests * 1e6}
+    if agent is None:
+        agent_case = {"na": "test agent's pid not found among the bench's child processes"}
+    elif agent_before is None or agent_after is None:
+        agent_case = {"na": "test agent exited during the run"}
+    else:
+        agent_case = {"cpu_pct": (agent_after[1] - agent_before[1]) / CLK_TCK / wall * 100}
+    return {WRK: figures, WORKER: worker_case, AGENT: agent_case}
+
+
+def _worker_pid(master: int) -> tuple[Optional[int], str]:
+    """The one worker of the gunicorn master ``master``, or None and why.
+
+    ``master`` is the process the launcher started: ``python -m ddagent`` runs gunicorn in its
+    own process and ``ddtrace-run`` / ``opentelemetry-instrument`` exec it, so it is the master
+    itself (checked with ``ps`` for each launcher) — unless a launcher starts spawning instead.
+    """
+    argv = cmdline(master)
+    if not any("gunicorn" in arg for arg in argv):
+        return None, f"the launched process is not gunicorn: {' '.join(argv)[:100] or 'gone'}"
+    # A worker is forked, so it carries the master's command line (or a gunicorn proctitle).
+    workers = [pid for pid in child_pids(master)
+               if any("gunicorn" in arg for arg in cmdline(pid))]
+    if len(workers) != 1:
+        return None, f"{len(workers)} gunicorn workers under the master, expected 1"
+    return workers[0], ""
+
+
+def _cpu(pid: Optional[int]) -> Optional[tuple[str, int]]:
+    """(start time, utime + stime in clock ticks) of ``pid``: the start time tells a pid reused
+    by another process apart. None if there is no such process."""
+    if pid is None:
+        return None
+    try:
+        fields = proc_stat(pid)
+    except OSError:
+        return None
+    return fields[21], int(fields[13]) + int(fields[14])
 
 
 def _wait_serving(url: str, server: subprocess.Popen, timeout: float = 30) -> bool:
@@ -125,7 +200,9 @@ def _parse_wrk(out: str) -> dict:
         return float(value) * _UNIT_MS[unit]
 
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    return {"rps": rps, "p50_ms": latency("50"), "p99_ms": latency("99")}
+    # The count wrk completed, not rps × duration: wrk's duration is not the window's.
+    requests = int(re.search(r"^\s*(\d+) requests in ", out, re.M).group(1))
+    return {"rps": rps, "p50_ms": latency("50"), "p99_ms": latency("99"), "requests": requests}
 
 
 def measure(ctx: Context, contender: str) -> dict:
@@ -134,12 +211,13 @@ def measure(ctx: Context, contender: str) -> dict:
         launcher=launcher(ctx, contender) if contender == "ddagent" else None,
     )
     served = gunicorn(ctx, contender)
-    return {"test client": in_process.get("test client", in_process),
-            "gunicorn -w 1 + wrk": served}
+    if "na" in served:
+        served = {case: served for case in (WRK, WORKER, AGENT)}
+    return {"test client": in_process.get("test client", in_process), **served}
 
 
 def _rps_ratio(r: Results) -> Optional[float]:
-    ours, base = (r.median("gunicorn -w 1 + wrk", who, "rps") for who in ("ddagent", "baseline"))
+    ours, base = (r.median(WRK, who, "rps") for who in ("ddagent", "baseline"))
     return ours / base if ours is not None and base else None
 
 
