@@ -98,6 +98,29 @@ def test_corpus_behaves_the_same_when_instrumented(case, recorder):
     assert outcome(case.drive) == expected
 
 
+class UntracingRecorder(Recorder):
+    """Probes whose on_enter leaves every call untraced (returns None)."""
+
+    def on_enter(self, args):
+        super().on_enter(args)
+
+
+@pytest.mark.parametrize("case", corpus.CASES, ids=lambda c: c.name)
+def test_a_none_token_skips_every_other_probe(case):
+    # on_enter returning None leaves the call untraced: no on_exit, on_suspend or on_resume,
+    # whether the call returns, raises, yields or is closed; the behaviour stays the same.
+    func = case.target()
+    expected = outcome(case.drive)
+    recorder = UntracingRecorder()
+    recorder.install(func)
+    try:
+        assert outcome(case.drive) == expected
+    finally:
+        restore(func)
+    assert len(recorder.of("enter")) == case.calls
+    assert [e for e in recorder.events if e[0] != "enter"] == []
+
+
 @pytest.mark.parametrize("case", corpus.CASES, ids=lambda c: c.name)
 def test_corpus_inspect_answers_unchanged(case, recorder):
     func = case.target()
