@@ -11,6 +11,8 @@ Generators, coroutines and async generators call ``on_enter`` at their first res
 ``on_exit`` when their frame ends (return, raise, or ``close()``); generators and async
 generators also call ``on_suspend(token)`` before each plain ``yield`` and ``on_resume(token)``
 after it. ``throw()`` resumes the frame straight into exception handling, without ``on_resume``.
+A None token leaves the call untraced: ``on_exit``, ``on_suspend`` and ``on_resume`` are then
+not called.
 
 Because the function object keeps its identity, references taken before instrumentation
 (``from lib import f``, bound methods stored in a dict) run the probes too, and no wrapper frame
