@@ -88,6 +88,10 @@ class PythonSpanCore:
         self._parent: Optional[Span] = None  # the local parent span, if any
         self._prev_active: Optional[Span] = None  # the active span when this one was activated
 
+    @property
+    def finished(self) -> bool:
+        return self._finished
+
     def finish(self, finish_time: Optional[float] = None) -> None:
         """Close the span (once; later calls do nothing). A duration set by hand is kept."""
         if self._finished:
@@ -180,10 +184,6 @@ class Span(SpanCore):
     @duration.setter
     def duration(self, value: Optional[float]) -> None:
         self.duration_ns = None if value is None else int(value * 1e9)
-
-    @property
-    def finished(self) -> bool:
-        return self._finished
 
     # -- tags and metrics ------------------------------------------------------------------
 
