@@ -93,6 +93,7 @@ def main() -> None:
             python=sys.executable,
             bin_dir=Path(sys.executable).parent,
             agent_url=agent.url,
+            agent_pid=agent.proc.pid,
             otlp_url=f"http://127.0.0.1:{otlp_port}",
             quick=args.quick,
             rounds=args.rounds or (3 if args.quick else 7),

@@ -56,6 +56,7 @@ class Context:
     python: str
     bin_dir: Path
     agent_url: str
+    agent_pid: int  # the test agent's process, whose CPU scenario 3 reports
     otlp_url: str
     quick: bool
     rounds: int
@@ -103,16 +104,6 @@ class Context:
                 return json.loads(line[len(RESULT_PREFIX):])
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
         return {"na": f"exit {proc.returncode}: {last[:160]}"}
-
-    def agent_pid(self) -> Optional[int]:
-        """The test agent's pid, to read its CPU: run.py starts it as a child of this process,
-        with ``--port`` the port of ``agent_url``."""
-        port = self.agent_url.rsplit(":", 1)[-1]
-        for pid in child_pids(os.getpid()):
-            argv = cmdline(pid)
-            if "--port" in argv and argv[argv.index("--port") + 1:][:1] == [port]:
-                return pid
-        return None
 
     def clear_agent(self) -> None:
         """Empty the test agent's store: it keeps every request in memory."""
