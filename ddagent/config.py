@@ -22,6 +22,8 @@ Variables (the accepted form is in each warning):
   before they leave the process (``ddagent/sql.py``); ``false`` sends query text as executed.
 - ``DD_TRACE_SHUTDOWN_TIMEOUT``: the most seconds the process may spend at exit sending the
   traces still buffered (default 3.0); exit is never delayed longer, even with the agent down.
+- ``DD_TRACE_WRITER_INTERVAL_SECONDS``: how often the writer sends what it buffered (default
+  1.0); it sends earlier once its buffer is half full.
 
 A malformed value logs one warning naming the variable and the accepted form, then the default
 is used. ``Config.sources`` records where each value came from, for diagnostics.
@@ -93,6 +95,9 @@ class Config:
         self.shutdown_timeout = env.read(
             "shutdown_timeout", "DD_TRACE_SHUTDOWN_TIMEOUT", _positive_float, 3.0,
             "a positive number of seconds, e.g. 3.0")
+        self.writer_interval = env.read(
+            "writer_interval", "DD_TRACE_WRITER_INTERVAL_SECONDS", _positive_float, 1.0,
+            "a positive number of seconds, e.g. 1.0")
         return self
 
     def __repr__(self) -> str:

@@ -123,6 +123,7 @@ class Tracer:
                     self._writer = AgentWriter(
                         self.agent_url,
                         timeout=self.config.agent_timeout,
+                        flush_interval=self.config.writer_interval,
                         on_rate_by_service=self.agent_sampler.update_rates,
                     )
                     self._own_writer = True

@@ -13,7 +13,7 @@ def test_defaults() -> None:
     c = Config.from_env({})
     assert c.agent_timeout == 2.0 and c.enabled is True and c.debug is False
     assert c.env is None and c.version is None and c.tags == {} and c.sample_rate is None
-    assert c.partial_flush_min_spans == 300
+    assert c.partial_flush_min_spans == 300 and c.writer_interval == 1.0
     assert c.sources["enabled"] == "default"
     assert c.sources["service"] == "derived from the program name"
     assert c.service == config_module.program_name()
@@ -62,6 +62,8 @@ MALFORMED = [
     ("DD_TRACE_SAMPLE_RATE", "half", "sample_rate", None),
     ("DD_TAGS", "a:1,broken", "tags", {}),
     ("DD_TRACE_PARTIAL_FLUSH_MIN_SPANS", "0", "partial_flush_min_spans", 300),
+    ("DD_TRACE_WRITER_INTERVAL_SECONDS", "often", "writer_interval", 1.0),
+    ("DD_TRACE_WRITER_INTERVAL_SECONDS", "0", "writer_interval", 1.0),
 ]
 
 
@@ -90,3 +92,15 @@ def test_malformed_value_in_a_real_process_environment(monkeypatch, caplog) -> N
 def test_program_name(argv0, expected, monkeypatch) -> None:
     monkeypatch.setattr(sys, "argv", [argv0])
     assert config_module.program_name() == expected
+
+
+def test_the_writer_sends_at_the_configured_interval() -> None:
+    from ddagent.tracer import Tracer
+
+    tracer = Tracer(Config.from_env({"DD_TRACE_WRITER_INTERVAL_SECONDS": "7.5",
+                                     "DD_TRACE_AGENT_URL": "http://127.0.0.1:9"}))
+    try:
+        assert tracer.writer.flush_interval == 7.5
+        assert tracer.config.sources["writer_interval"] == "env DD_TRACE_WRITER_INTERVAL_SECONDS"
+    finally:
+        tracer.shutdown(timeout=0)
