@@ -64,6 +64,7 @@ class Config:
     partial_flush_min_spans: int
     sql_normalize: bool
     shutdown_timeout: float
+    writer_interval: float
     sources: dict[str, str]
     """For each attribute above: ``"env DD_X"``, ``"default"`` or how it was derived."""
 
