@@ -13,11 +13,17 @@ Scenario 3 needs ``wrk`` (``apt-get install -y wrk``) and Redis on 127.0.0.1:637
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bench.runner import Context  # imported at run time once REPO is on sys.path
 
 REPO = Path(__file__).resolve().parent.parent
 VENV = REPO / ".venv-bench"
@@ -65,22 +71,19 @@ def ensure_venvs() -> None:
                        check=True)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="small counts, 3 rounds")
-    parser.add_argument("--scenario", type=int, action="append", choices=sorted(SCENARIOS),
-                        help="run only this scenario (repeatable); default: all")
-    parser.add_argument("--rounds", type=int, help="alternating rounds (default 3 quick, 7 full)")
-    args = parser.parse_args()
-
+def run_in_bench_venv() -> None:
+    """Re-run this program inside ``.venv-bench`` (set up first if needed); return once there."""
     if Path(sys.prefix).resolve() != VENV.resolve():
         ensure_venvs()
         python = str(VENV / "bin" / "python")
-        os.execv(python, [python, str(Path(__file__).resolve()), *sys.argv[1:]])
-
+        os.execv(python, [python, str(Path(sys.argv[0]).resolve()), *sys.argv[1:]])
     sys.path.insert(0, str(REPO))
-    os.environ["BENCH_QUICK"] = "1" if args.quick else "0"  # sizes the scenarios (bench.child)
-    from bench.runner import Context, print_table, run_scenario
+
+
+@contextlib.contextmanager
+def live_context(quick: bool, rounds: int) -> Iterator[Context]:
+    """A :class:`~bench.runner.Context` with a test agent of its own, stopped on leaving."""
+    from bench.runner import Context
     from tests.testagent import TestAgentProcess, free_port
 
     otlp_port = free_port()
@@ -89,22 +92,37 @@ def main() -> None:
     # does no such thing.
     agent = TestAgentProcess(extra_env={"OTLP_HTTP_PORT": str(otlp_port), "LOG_LEVEL": "WARNING"})
     try:
-        ctx = Context(
+        yield Context(
             python=sys.executable,
             bin_dir=Path(sys.executable).parent,
             agent_url=agent.url,
             agent_pid=agent.proc.pid,
             otlp_url=f"http://127.0.0.1:{otlp_port}",
-            quick=args.quick,
-            rounds=args.rounds or (3 if args.quick else 7),
+            quick=quick,
+            rounds=rounds,
         )
+    finally:
+        agent.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small counts, 3 rounds")
+    parser.add_argument("--scenario", type=int, action="append", choices=sorted(SCENARIOS),
+                        help="run only this scenario (repeatable); default: all")
+    parser.add_argument("--rounds", type=int, help="alternating rounds (default 3 quick, 7 full)")
+    args = parser.parse_args()
+
+    run_in_bench_venv()
+    os.environ["BENCH_QUICK"] = "1" if args.quick else "0"  # sizes the scenarios (bench.child)
+    from bench.runner import print_table, run_scenario
+
+    with live_context(args.quick, args.rounds or (3 if args.quick else 7)) as ctx:
         done = []
         for number in args.scenario or sorted(SCENARIOS):
             module = importlib.import_module(f"bench.{SCENARIOS[number]}")
             done.append((module, run_scenario(ctx, module)))
         print_table(ctx, done)
-    finally:
-        agent.stop()
 
 
 if __name__ == "__main__":
