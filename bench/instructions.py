@@ -34,7 +34,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 from pathlib import Path
 from typing import Optional
@@ -107,10 +106,10 @@ def gunicorn_run(ctx, contender: str, requests: int) -> int:
         env = ctx.env(contender, **LONG_EXPORT_INTERVAL)
         server = subprocess.Popen(callgrind(argv, out), env=env, stdout=log, stderr=log)
         try:
-            if not _serving(url, server):
+            if not s3_flask.wait_serving(url, server, timeout=600, slowness=15):
                 log.seek(0)
                 raise RuntimeError(f"gunicorn did not serve: {log.read()[-500:]!r}")
-            worker, why_not = s3_flask._worker_pid(server.pid)
+            worker, why_not = s3_flask.worker_pid(server.pid)
             if worker is None:
                 raise RuntimeError(why_not)
             for _ in range(WARM_UP_REQUESTS + requests):
@@ -123,17 +122,6 @@ def gunicorn_run(ctx, contender: str, requests: int) -> int:
             raise RuntimeError(f"no callgrind output for the worker {worker} "
                                f"({' '.join(cmdline(worker))[:80]})")
         return instructions(files[worker])
-
-
-def _serving(url: str, server: subprocess.Popen, timeout: float = 600) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            urllib.request.urlopen(url, timeout=30).read()
-            return True
-        except OSError:
-            time.sleep(0.5)
-    return False
 
 
 def per_op(ctx, case: str, contender: str) -> float:

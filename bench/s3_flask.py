@@ -104,13 +104,13 @@ def gunicorn(ctx: Context, contender: str) -> dict:
     with tempfile.TemporaryFile() as log:
         server = subprocess.Popen(argv, env=ctx.env(contender), stdout=log, stderr=log)
         try:
-            if not _wait_serving(url, server):
+            if not wait_serving(url, server):
                 log.seek(0)
                 last = (log.read().decode(errors="replace").strip().splitlines() or ["?"])[-1]
                 return {"na": f"gunicorn did not serve: {last[:160]}"}
             for _ in range(100):  # warm-up: imports, first spans, the writer's thread
                 urllib.request.urlopen(url).read()
-            worker, why_not = _worker_pid(server.pid)
+            worker, why_not = worker_pid(server.pid)
             agent = ctx.agent_pid
             time.sleep(EXPORT_WAIT_S[contender])
             worker_before, agent_before = _cpu(worker), _cpu(agent)
@@ -148,7 +148,7 @@ def gunicorn(ctx: Context, contender: str) -> dict:
     return {WRK: figures, WORKER: worker_case, AGENT: agent_case}
 
 
-def _worker_pid(master: int) -> tuple[Optional[int], str]:
+def worker_pid(master: int) -> tuple[Optional[int], str]:
     """The one worker of the gunicorn master ``master``, or None and why.
 
     ``master`` is the process the launcher started: ``python -m ddagent`` runs gunicorn in its
@@ -178,14 +178,17 @@ def _cpu(pid: Optional[int]) -> Optional[tuple[str, int]]:
     return fields[21], int(fields[13]) + int(fields[14])
 
 
-def _wait_serving(url: str, server: subprocess.Popen, timeout: float = 30) -> bool:
+def wait_serving(url: str, server: subprocess.Popen, timeout: float = 30,
+                 slowness: float = 1) -> bool:
+    """True once ``url`` answers, False if ``server`` exits or ``timeout`` seconds pass first.
+    ``slowness`` stretches the per-try waits (valgrind runs a server ~50 times slower)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and server.poll() is None:
         try:
-            urllib.request.urlopen(url, timeout=2).read()
+            urllib.request.urlopen(url, timeout=2 * slowness).read()
             return True
         except OSError:
-            time.sleep(0.1)
+            time.sleep(0.1 * slowness)
     return False
 
 
