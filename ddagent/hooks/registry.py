@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.machinery
 import importlib.util
 import math
 import os
@@ -643,9 +644,19 @@ def _library_installed(name: str) -> bool:
 
 
 def _module_installed(library: str) -> bool:
+    """Whether ``library`` can be imported, found without importing it. For ``package.module``
+    the package is not imported either: ``find_spec("mysql.connector")`` would import ``mysql``,
+    the application's code run before the application runs it (say, before it monkey-patches)."""
     if library in sys.modules:
         return True
+    package, _, _ = library.rpartition(".")
     try:
+        if package and "." not in package and package not in sys.modules:
+            spec = importlib.util.find_spec(package)
+            if spec is None or spec.submodule_search_locations is None:
+                return False
+            return importlib.machinery.PathFinder.find_spec(
+                library, list(spec.submodule_search_locations)) is not None
         return importlib.util.find_spec(library) is not None
     except (ImportError, ValueError):
         return False

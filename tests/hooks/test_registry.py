@@ -234,6 +234,20 @@ def test_patch_raises_when_the_library_is_missing(toy, monkeypatch):
         registry.patch(toy=True)
 
 
+def test_the_installed_check_imports_no_package_of_the_library(tmp_path, monkeypatch):
+    # A library named "package.module" (mysql.connector) is looked up without importing the
+    # package: that would run the application's code before the application does.
+    package = tmp_path / "toypkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("raise RuntimeError('imported too early')\n")
+    (package / "client.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert registry._module_installed("toypkg.client")
+    assert not registry._module_installed("toypkg.missing")
+    assert not registry._module_installed("nosuchpkg.client")
+    assert "toypkg" not in sys.modules
+
+
 def test_patch_false_does_nothing(toy):
     registry.patch(toy=False)
     assert "toy" not in registry._LOADED
