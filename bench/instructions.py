@@ -36,10 +36,13 @@ import sys
 import tempfile
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.run import live_context, run_in_bench_venv  # noqa: E402
+
+if TYPE_CHECKING:
+    from bench.runner import Context
 
 CASES = ("span", "trace100", "gunicorn")
 CONTENDERS = ("baseline", "ddagent", "ddtrace", "otel")
@@ -81,7 +84,7 @@ def instructions(path: Path) -> int:
     return int(match.group(1))
 
 
-def span_run(ctx, contender: str, case: str, total: int) -> int:
+def span_run(ctx: Context, contender: str, case: str, total: int) -> int:
     with tempfile.TemporaryDirectory() as out:
         argv = [ctx.python, "-c", SPAN_CHILD, contender, str(SPANS_PER_TRACE[case]), str(total)]
         subprocess.run(callgrind(argv, out), env=ctx.env(contender, **LONG_EXPORT_INTERVAL),
@@ -91,7 +94,7 @@ def span_run(ctx, contender: str, case: str, total: int) -> int:
         return instructions(first)
 
 
-def gunicorn_run(ctx, contender: str, requests: int) -> int:
+def gunicorn_run(ctx: Context, contender: str, requests: int) -> int:
     from bench import s3_flask
     from bench.runner import cmdline
     from tests.testagent import free_port
@@ -124,7 +127,7 @@ def gunicorn_run(ctx, contender: str, requests: int) -> int:
         return instructions(files[worker])
 
 
-def per_op(ctx, case: str, contender: str) -> float:
+def per_op(ctx: Context, case: str, contender: str) -> float:
     short, long = SERIES[case]
     if case == "gunicorn":
         counts = [gunicorn_run(ctx, contender, n) for n in (short, long)]
