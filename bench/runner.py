@@ -133,25 +133,15 @@ def cmdline(pid: int) -> list[str]:
 
 
 def child_pids(pid: int) -> list[int]:
-    """The live children of ``pid``: from ``/proc/<pid>/task/*/children`` (a child is listed
-    under the thread that forked it), else, on kernels without that file, by each process's
-    parent pid (field 4 of its stat)."""
-    files = list(Path(f"/proc/{pid}/task").glob("*/children"))
-    if files:
-        found: set[int] = set()
-        for path in files:
-            try:
-                found.update(int(p) for p in path.read_text().split())
-            except OSError:  # the thread ended meanwhile
-                pass
-        return sorted(found)
+    """The live children of ``pid``: the processes whose parent pid (field 4 of their stat) it
+    is."""
     children = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 if int(proc_stat(int(entry.name))[3]) == pid:
                     children.append(int(entry.name))
-            except (OSError, ValueError, IndexError):
+            except (OSError, ValueError, IndexError):  # gone meanwhile
                 pass
     return sorted(children)
 

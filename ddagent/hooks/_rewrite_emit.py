@@ -275,7 +275,7 @@ class _Emitter:
         seq += [Instr("LOAD_CONST", self.probes.on_exit), Instr("ROT_TWO")]
         seq += [self.load_token(), Instr("ROT_TWO"), Instr("LOAD_CONST", None), Instr("ROT_TWO")]
         seq += [Instr("CALL_FUNCTION", 3), Instr("POP_TOP")]
-        seq = self.if_traced(_located(seq, handler_loc), handler_loc)
+        seq = self.if_traced(seq, handler_loc)
         # 3.10's RERAISE 1 restores f_lasti from the handler block: same traceback.
         seq.append(Instr("RERAISE", 1) if PY >= (3, 10) else Instr("RERAISE"))
         return out + [handler, *_located(seq, handler_loc)]
