@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Union
 
 if TYPE_CHECKING:
     import logging
@@ -73,7 +73,8 @@ class RateLimitedLog:
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
-    def log(self, level: int, key: str, msg: str, *args: object, exc_info: bool = False) -> bool:
+    def log(self, level: int, key: str, msg: str, *args: object,
+            exc_info: Union[bool, BaseException] = False) -> bool:
         """Log ``msg % args`` unless ``key`` was logged within the interval; say whether it was."""
         now = time.monotonic()
         with self._lock:

@@ -1,5 +1,7 @@
-/* The native twin of span.PythonSpanCore: a span's fields and the methods every traced operation
- * calls (creating it, setting string tags and numeric metrics, finishing it, `with`).
+/* The native twins of span.PythonSpanCore and tracer.PythonTracerCore: a span's fields and the
+ * methods every traced operation calls (creating it, setting string tags and numeric metrics,
+ * finishing it, `with`), and the tracer's two per-span calls (trace() and _on_span_finish, in
+ * their own section below).
  *
  * It exists for speed (callgrind, see bench/README.md): creating a span through the Python
  * __init__ costs ~9k instructions, most of it the Python call from type.__call__, the two id
@@ -30,6 +32,13 @@ static inline PyObject *
 Py_NewRef(PyObject *object)
 {
     Py_INCREF(object);
+    return object;
+}
+
+static inline PyObject *
+Py_XNewRef(PyObject *object)
+{
+    Py_XINCREF(object);
     return object;
 }
 #endif
@@ -188,6 +197,55 @@ absent_id(PyObject *value)
 /* Fields are replaced (never just stored): __init__ may run again on the same span. */
 #define SET_FIELD(field, value) Py_XSETREF(self->field, (value))
 
+/* A new span's fields, from resolved arguments: `trace_id`/`span_id` NULL draw new ids. */
+static int
+fill_span(SpanObject *self, PyObject *tracer, PyObject *name, PyObject *service,
+          PyObject *resource, PyObject *span_type, PyObject *trace_id_or_null,
+          PyObject *span_id_or_null, PyObject *parent_id)
+{
+    int64_t wall, monotonic;
+    if (now_ns(&wall, &monotonic) < 0) {
+        return -1;
+    }
+    PyObject *start_ns = PyLong_FromLongLong(wall);
+    PyObject *start_monotonic_ns = PyLong_FromLongLong(monotonic);
+    PyObject *trace_id = trace_id_or_null == NULL ? new_trace_id(wall)
+                                                  : Py_NewRef(trace_id_or_null);
+    PyObject *span_id = span_id_or_null == NULL ? PyLong_FromUnsignedLongLong(random_id())
+                                                : Py_NewRef(span_id_or_null);
+    PyObject *meta = PyDict_New();
+    PyObject *metrics = PyDict_New();
+    if (start_ns == NULL || start_monotonic_ns == NULL || trace_id == NULL || span_id == NULL
+        || meta == NULL || metrics == NULL) {
+        Py_XDECREF(start_ns);
+        Py_XDECREF(start_monotonic_ns);
+        Py_XDECREF(trace_id);
+        Py_XDECREF(span_id);
+        Py_XDECREF(meta);
+        Py_XDECREF(metrics);
+        return -1;
+    }
+    SET_FIELD(tracer, Py_NewRef(tracer));
+    SET_FIELD(name, Py_NewRef(name));
+    SET_FIELD(service, Py_NewRef(service));
+    SET_FIELD(resource, Py_NewRef(resource == Py_None ? name : resource));
+    SET_FIELD(span_type, Py_NewRef(span_type));
+    SET_FIELD(start_ns, start_ns);
+    SET_FIELD(start_monotonic_ns, start_monotonic_ns);
+    SET_FIELD(trace_id, trace_id);
+    SET_FIELD(span_id, span_id);
+    SET_FIELD(parent_id, Py_NewRef(parent_id));
+    SET_FIELD(error, Py_NewRef(zero));
+    SET_FIELD(meta, meta);
+    SET_FIELD(metrics, metrics);
+    SET_FIELD(duration_ns, Py_NewRef(Py_None));
+    SET_FIELD(finished, Py_NewRef(Py_False));
+    SET_FIELD(trace, Py_NewRef(Py_None));
+    SET_FIELD(parent, Py_NewRef(Py_None));
+    SET_FIELD(prev_active, Py_NewRef(Py_None));
+    return 0;
+}
+
 static int
 span_init(SpanObject *self, PyObject *args, PyObject *kwargs)
 {
@@ -213,47 +271,9 @@ span_init(SpanObject *self, PyObject *args, PyObject *kwargs)
     if (new_trace_id_needed < 0 || new_span_id_needed < 0) {
         goto python;
     }
-
-    int64_t wall, monotonic;
-    if (now_ns(&wall, &monotonic) < 0) {
-        return -1;
-    }
-    PyObject *start_ns = PyLong_FromLongLong(wall);
-    PyObject *start_monotonic_ns = PyLong_FromLongLong(monotonic);
-    PyObject *trace_id = new_trace_id_needed ? new_trace_id(wall) : Py_NewRef(arg[5]);
-    PyObject *span_id = new_span_id_needed ? PyLong_FromUnsignedLongLong(random_id())
-                                           : Py_NewRef(arg[6]);
-    PyObject *meta = PyDict_New();
-    PyObject *metrics = PyDict_New();
-    if (start_ns == NULL || start_monotonic_ns == NULL || trace_id == NULL || span_id == NULL
-        || meta == NULL || metrics == NULL) {
-        Py_XDECREF(start_ns);
-        Py_XDECREF(start_monotonic_ns);
-        Py_XDECREF(trace_id);
-        Py_XDECREF(span_id);
-        Py_XDECREF(meta);
-        Py_XDECREF(metrics);
-        return -1;
-    }
-    SET_FIELD(tracer, Py_NewRef(arg[0]));
-    SET_FIELD(name, Py_NewRef(arg[1]));
-    SET_FIELD(service, Py_NewRef(arg[2]));
-    SET_FIELD(resource, Py_NewRef(arg[3] == Py_None ? arg[1] : arg[3]));
-    SET_FIELD(span_type, Py_NewRef(arg[4]));
-    SET_FIELD(start_ns, start_ns);
-    SET_FIELD(start_monotonic_ns, start_monotonic_ns);
-    SET_FIELD(trace_id, trace_id);
-    SET_FIELD(span_id, span_id);
-    SET_FIELD(parent_id, Py_NewRef(arg[7]));
-    SET_FIELD(error, Py_NewRef(zero));
-    SET_FIELD(meta, meta);
-    SET_FIELD(metrics, metrics);
-    SET_FIELD(duration_ns, Py_NewRef(Py_None));
-    SET_FIELD(finished, Py_NewRef(Py_False));
-    SET_FIELD(trace, Py_NewRef(Py_None));
-    SET_FIELD(parent, Py_NewRef(Py_None));
-    SET_FIELD(prev_active, Py_NewRef(Py_None));
-    return 0;
+    return fill_span(self, arg[0], arg[1], arg[2], arg[3], arg[4],
+                     new_trace_id_needed ? NULL : arg[5], new_span_id_needed ? NULL : arg[6],
+                     arg[7]);
 
 python:;
     PyObject *self_and_args = PyTuple_New(nargs + 1);
@@ -530,6 +550,659 @@ static PyTypeObject SpanCoreType = {
     .tp_getset = span_getset,
 };
 
+/* -- the tracer's per-span path: TracerCore ------------------------------------------------
+ *
+ * The native twin of tracer.PythonTracerCore: Tracer.trace() and Tracer._on_span_finish(), the two
+ * calls every span makes into the tracer. As for spans, only the usual case runs here (a span
+ * under the active one or a new trace, created without child_of; a finished span whose trace
+ * needs nothing but the default sampler's decision and the chunk tags) and every other call goes
+ * to the Python twin, or to the Tracer's own Python methods (_new_span, _send_chunk) for the part
+ * that is not usual. It exists for speed: the two Python methods and the sampler's decide() cost
+ * ~11k instructions of a single-span trace's ~35k (callgrind, see bench/README.md).
+ *
+ * The fields the fast paths read on every span are members (Python's __slots__ in the twin), so
+ * that reading them is a pointer read rather than a dict lookup. */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *config, *enabled, *open_traces, *sampler, *agent_sampler, *writer, *span_tags;
+    PyObject *debug_logging, *chunk_observers, *shut_down;
+} TracerObject;
+
+#define TRACER_FIELD_COUNT 10
+
+static PyTypeObject TracerCoreType;
+
+/* What the fast paths use from Python, given once by tracer.py (use_tracer_twin). */
+static struct {
+    PyObject *trace, *on_span_finish; /* PythonTracerCore's methods */
+    PyTypeObject *span_class; /* span.Span, a subclass of SpanCore: what trace() creates */
+    PyObject *active_span; /* context.ACTIVE_SPAN, a ContextVar */
+    PyObject *root_meta, *root_metrics; /* tracer._ROOT_META and _ROOT_METRICS */
+    PyObject *count_single_span_trace; /* tracer._FINISHED_ONE_SPAN */
+} tracer_twin;
+
+static PyObject *str_lone, *str_root, *str_service, *str_version, *str_by_service;
+static PyObject *str_closed_reason, *str_span_started;
+static PyObject *str_new_span, *str_span_finished, *str_send_chunk, *str_write;
+static PyObject *str_internal_error, *str_doing_finish, *str_prev_active, *str_finished_attr;
+static PyObject *str_dd_p_dm, *str_agent_psr, *str_top_level, *sixty_four, *one_float;
+static PyObject *priority_keep, *priority_reject, *mechanism_default, *mechanism_agent_rate;
+static PyObject *trace_keywords[5]; /* trace()'s parameters, by position */
+
+#define KNUTH_FACTOR 1111111111111111111ULL
+
+static int
+tracer_ready(TracerObject *self)
+{
+    PyObject **field = &self->config;
+    for (int i = 0; i < TRACER_FIELD_COUNT; i++) {
+        if (field[i] == NULL) {
+            return 0; /* a subclass that did not run Tracer.__init__: the twin says what fails */
+        }
+    }
+    return tracer_twin.span_class != NULL;
+}
+
+/* trace()'s arguments by position (name, service, resource, span_type, child_of); 0 when they
+ * are not simply that (an unknown or repeated keyword: the twin raises the TypeError). */
+static int
+trace_arguments(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames, PyObject **arg)
+{
+    if (nargs > 5) {
+        return 0;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) {
+        arg[i] = args[i];
+    }
+    Py_ssize_t keywords = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t k = 0; k < keywords; k++) {
+        PyObject *keyword = PyTuple_GET_ITEM(kwnames, k);
+        int position = -1;
+        for (int i = 0; i < 5 && position < 0; i++) {
+            if (keyword == trace_keywords[i]) { /* call sites' keywords are interned */
+                position = i;
+            }
+        }
+        if (position < nargs) { /* unknown (-1), or given twice */
+            return 0;
+        }
+        arg[position] = args[nargs + k];
+    }
+    return arg[0] != NULL;
+}
+
+/* `service or self.config.service` */
+static PyObject *
+service_or_default(TracerObject *self, PyObject *service)
+{
+    int given = service == Py_None ? 0 : PyObject_IsTrue(service);
+    if (given < 0) {
+        return NULL;
+    }
+    return given ? Py_NewRef(service) : PyObject_GetAttr(self->config, str_service);
+}
+
+/* A new trace's root: alone in its trace until a child starts (see OpenTraces.lone). */
+static PyObject *
+start_root(TracerObject *self, PyObject *name, PyObject *service, PyObject *resource,
+           PyObject *span_type)
+{
+    PyObject *lone = PyObject_GetAttr(self->open_traces, str_lone);
+    if (lone == NULL) {
+        return NULL;
+    }
+    service = service_or_default(self, service);
+    if (service == NULL) {
+        Py_DECREF(lone);
+        return NULL;
+    }
+    PyTypeObject *cls = tracer_twin.span_class;
+    SpanObject *span = (SpanObject *)cls->tp_alloc(cls, 0);
+    if (span == NULL
+        || fill_span(span, (PyObject *)self, name, service, resource, span_type, NULL, NULL,
+                     Py_None) < 0) {
+        Py_XDECREF(span);
+        Py_DECREF(service);
+        Py_DECREF(lone);
+        return NULL;
+    }
+    Py_DECREF(service);
+    Py_SETREF(span->trace, lone);
+    return (PyObject *)span;
+}
+
+/* A span under the active span `parent`, in the usual case (a native span of this tracer, whose
+ * trace has an open buffer); NULL with no exception set otherwise: Tracer._new_span's case. */
+static PyObject *
+start_child(TracerObject *self, PyObject *parent, PyObject *name, PyObject *service,
+            PyObject *resource, PyObject *span_type)
+{
+    if (!PyObject_TypeCheck(parent, tracer_twin.span_class)) {
+        return NULL;
+    }
+    SpanObject *parent_span = (SpanObject *)parent;
+    PyObject *trace = parent_span->trace;
+    if (parent_span->tracer != (PyObject *)self || trace == NULL || trace == Py_None
+        || parent_span->trace_id == NULL || parent_span->span_id == NULL
+        || parent_span->service == NULL) {
+        return NULL;
+    }
+    Py_INCREF(trace);
+    PyObject *lone = PyObject_GetAttr(self->open_traces, str_lone);
+    PyObject *closed = PyObject_GetAttr(trace, str_closed_reason);
+    Py_XDECREF(lone); /* only compared */
+    Py_XDECREF(closed);
+    if (lone == NULL || closed == NULL || trace == lone || closed != Py_None) {
+        Py_DECREF(trace); /* a root alone until now, or a closed buffer: _new_span's case */
+        return NULL;
+    }
+    int given = service == Py_None ? 0 : PyObject_IsTrue(service);
+    if (given < 0) {
+        Py_DECREF(trace);
+        return NULL;
+    }
+    PyTypeObject *cls = tracer_twin.span_class;
+    SpanObject *span = (SpanObject *)cls->tp_alloc(cls, 0);
+    if (span == NULL
+        || fill_span(span, (PyObject *)self, name, given ? service : parent_span->service,
+                     resource, span_type, parent_span->trace_id, NULL,
+                     parent_span->span_id) < 0) {
+        Py_XDECREF(span);
+        Py_DECREF(trace);
+        return NULL;
+    }
+    Py_SETREF(span->parent, Py_NewRef(parent));
+    Py_SETREF(span->trace, trace);
+    PyObject *started = PyObject_CallMethodOneArg(trace, str_span_started, (PyObject *)span);
+    if (started == NULL) {
+        Py_DECREF(span);
+        return NULL;
+    }
+    Py_DECREF(started);
+    return (PyObject *)span;
+}
+
+static PyObject *
+tracer_trace(TracerObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    PyObject *arg[5] = {NULL, Py_None, Py_None, Py_None, Py_None};
+    if (!tracer_ready(self) || !trace_arguments(args, nargs, kwnames, arg)
+        || arg[4] != Py_None) {
+        return delegate(tracer_twin.trace, (PyObject *)self, args, nargs, kwnames);
+    }
+    PyObject *active;
+    if (PyContextVar_Get(tracer_twin.active_span, Py_None, &active) < 0) {
+        return NULL;
+    }
+    PyObject *span;
+    if (active == Py_None) {
+        span = start_root(self, arg[0], arg[1], arg[2], arg[3]);
+    }
+    else {
+        span = start_child(self, active, arg[0], arg[1], arg[2], arg[3]);
+        if (span == NULL && !PyErr_Occurred()) {
+            PyObject *call[6] = {(PyObject *)self, arg[0], active, arg[1], arg[2], arg[3]};
+            span = PyObject_VectorcallMethod(str_new_span, call, 6, NULL);
+        }
+    }
+    if (span == NULL) {
+        Py_DECREF(active);
+        return NULL;
+    }
+    /* span._prev_active = active; ACTIVE_SPAN.set(span) */
+    if (PyObject_TypeCheck(span, &SpanCoreType)) {
+        Py_XSETREF(((SpanObject *)span)->prev_active, active);
+    }
+    else {
+        int stored = PyObject_SetAttr(span, str_prev_active, active);
+        Py_DECREF(active);
+        if (stored < 0) {
+            Py_DECREF(span);
+            return NULL;
+        }
+    }
+    PyObject *token = PyContextVar_Set(tracer_twin.active_span, span);
+    if (token == NULL) {
+        Py_DECREF(span);
+        return NULL;
+    }
+    Py_DECREF(token);
+    return span;
+}
+
+/* If `span` is active, make active again the nearest span it was activated over that is still
+ * open (the twin's loop over _prev_active). */
+static int
+deactivate(PyObject *span)
+{
+    PyObject *active;
+    if (PyContextVar_Get(tracer_twin.active_span, Py_None, &active) < 0) {
+        return -1;
+    }
+    Py_DECREF(active); /* only compared */
+    if (active != span) {
+        return 0;
+    }
+    PyObject *previous = Py_XNewRef(((SpanObject *)span)->prev_active);
+    for (;;) {
+        if (previous == NULL) { /* an unset slot, or a failed attribute read */
+            if (!PyErr_Occurred()) {
+                PyErr_SetString(PyExc_AttributeError, "_prev_active");
+            }
+            return -1;
+        }
+        if (previous == Py_None) {
+            break;
+        }
+        int native = PyObject_TypeCheck(previous, &SpanCoreType);
+        PyObject *finished = native ? Py_XNewRef(((SpanObject *)previous)->finished)
+                                    : PyObject_GetAttr(previous, str_finished_attr);
+        int is_finished = finished == NULL ? -1 : PyObject_IsTrue(finished);
+        Py_XDECREF(finished);
+        if (is_finished <= 0) {
+            if (is_finished < 0) {
+                if (!PyErr_Occurred()) {
+                    PyErr_SetString(PyExc_AttributeError, "_finished");
+                }
+                Py_DECREF(previous);
+                return -1;
+            }
+            break;
+        }
+        Py_SETREF(previous, native ? Py_XNewRef(((SpanObject *)previous)->prev_active)
+                                   : PyObject_GetAttr(previous, str_prev_active));
+    }
+    PyObject *token = PyContextVar_Set(tracer_twin.active_span, previous);
+    Py_DECREF(previous);
+    if (token == NULL) {
+        return -1;
+    }
+    Py_DECREF(token);
+    return 0;
+}
+
+/* The default sampler's decision for the lone root `span`, as PrioritySampler.decide makes it:
+ * sets *priority, *mechanism and *rate (borrowed; *rate is NULL when the agent gave none).
+ * 0 when it is not known here (a service not looked up yet): the twin decides. */
+static int
+decide(TracerObject *self, SpanObject *span, PyObject **priority, PyObject **mechanism,
+       PyObject **rate)
+{
+    PyObject *service = span->service;
+    if (service != Py_None && !PyUnicode_CheckExact(service)) {
+        return 0; /* its hash may run Python code */
+    }
+    PyObject *by_service = PyObject_GetAttr(self->agent_sampler, str_by_service);
+    if (by_service == NULL) {
+        return -1;
+    }
+    int known = 0;
+    if (PyDict_CheckExact(by_service)) {
+        PyObject *found = PyDict_GetItemWithError(by_service, service); /* borrowed */
+        if (found == NULL && PyErr_Occurred()) {
+            Py_DECREF(by_service);
+            return -1;
+        }
+        if (found == Py_None) {
+            *priority = priority_keep;
+            *mechanism = mechanism_default;
+            *rate = NULL;
+            known = 1;
+        }
+        else if (found != NULL && PyTuple_CheckExact(found) && PyTuple_GET_SIZE(found) == 2
+                 && PyLong_CheckExact(PyTuple_GET_ITEM(found, 1))
+                 && PyLong_CheckExact(span->trace_id)) {
+            /* keep if the hashed low 64 bits of the trace id are at most the threshold; a
+             * threshold beyond 64 bits (rate 1) keeps everything */
+            PyObject *limit = PyTuple_GET_ITEM(found, 1);
+            unsigned long long threshold = PyLong_AsUnsignedLongLong(limit);
+            int keep_all = 0, keep_none = 0;
+            if (threshold == (unsigned long long)-1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                keep_none = PyObject_RichCompareBool(limit, zero, Py_LT) == 1;
+                keep_all = !keep_none;
+            }
+            unsigned long long low = PyLong_AsUnsignedLongLongMask(span->trace_id);
+            if (!(low == (unsigned long long)-1 && PyErr_Occurred())) {
+                int keep = keep_all
+                    || (!keep_none && (unsigned long long)(low * KNUTH_FACTOR) <= threshold);
+                *priority = keep ? priority_keep : priority_reject;
+                *mechanism = mechanism_agent_rate;
+                *rate = PyTuple_GET_ITEM(found, 0);
+                known = 1;
+            }
+            PyErr_Clear();
+        }
+    }
+    /* `found` is borrowed from by_service, which the sampler may swap for a new dict at any
+     * time: the tracer holds the rate (one reference) until it stores it. */
+    if (known && *rate != NULL) {
+        Py_INCREF(*rate);
+    }
+    Py_DECREF(by_service);
+    return known;
+}
+
+/* The whole of _send_chunk for a root alone in its trace, in the usual case; 0 (having done
+ * nothing) when the case is not usual. */
+static int
+send_lone_root(TracerObject *self, SpanObject *span)
+{
+    if (self->enabled != Py_True || self->shut_down != Py_False
+        || self->sampler != self->agent_sampler || self->debug_logging != Py_False
+        || !PyList_CheckExact(self->chunk_observers) || PyList_GET_SIZE(self->chunk_observers)
+        || self->writer == Py_None || !PyTuple_CheckExact(self->span_tags)
+        || PyTuple_GET_SIZE(self->span_tags) || span->parent != Py_None || span->meta == NULL
+        || !PyDict_CheckExact(span->meta) || span->metrics == NULL
+        || !PyDict_CheckExact(span->metrics) || span->trace_id == NULL
+        || !PyLong_CheckExact(span->trace_id)) {
+        return 0;
+    }
+    PyObject *version = PyObject_GetAttr(self->config, str_version);
+    if (version == NULL) {
+        return -1;
+    }
+    int versioned = version == Py_None ? 0 : PyObject_IsTrue(version);
+    Py_DECREF(version);
+    if (versioned != 0) { /* config.version tags the spans: the twin's _tag_spans */
+        return versioned < 0 ? -1 : 0;
+    }
+    PyObject *priority, *mechanism, *rate;
+    int decided = decide(self, span, &priority, &mechanism, &rate);
+    if (decided <= 0) {
+        return decided;
+    }
+    /* the chunk root's tags and metrics, cached by the twin (by second and by priority) */
+    PyObject *high = PyNumber_Rshift(span->trace_id, sixty_four);
+    if (high == NULL) {
+        Py_XDECREF(rate);
+        return -1;
+    }
+    PyObject *root_meta = PyDict_GetItemWithError(tracer_twin.root_meta, high);
+    Py_DECREF(high);
+    PyObject *root_metrics = root_meta == NULL
+        ? NULL : PyDict_GetItemWithError(tracer_twin.root_metrics, priority);
+    if (root_meta == NULL || root_metrics == NULL) {
+        Py_XDECREF(rate);
+        return PyErr_Occurred() ? -1 : 0;
+    }
+    Py_INCREF(root_meta);
+    Py_INCREF(root_metrics);
+    int failed = 0;
+    PyObject *counted = PyObject_CallNoArgs(tracer_twin.count_single_span_trace);
+    Py_XDECREF(counted);
+    failed = counted == NULL
+        || (rate != NULL && PyDict_SetItem(span->metrics, str_agent_psr, rate) < 0)
+        || (priority == priority_keep
+            && PyDict_SetItem(span->meta, str_dd_p_dm, mechanism) < 0)
+        || PyDict_Update(span->meta, root_meta) < 0
+        || PyDict_Update(span->metrics, root_metrics) < 0
+        || PyDict_SetItem(span->metrics, str_top_level, one_float) < 0;
+    Py_XDECREF(rate);
+    Py_DECREF(root_meta);
+    Py_DECREF(root_metrics);
+    if (failed) {
+        return -1;
+    }
+    PyObject *chunk = PyList_New(1);
+    if (chunk == NULL) {
+        return -1;
+    }
+    PyList_SET_ITEM(chunk, 0, Py_NewRef((PyObject *)span));
+    PyObject *writer = Py_NewRef(self->writer);
+    PyObject *call[2] = {writer, chunk};
+    PyObject *written = PyObject_VectorcallMethod(str_write, call, 2, NULL);
+    Py_DECREF(writer);
+    Py_DECREF(chunk);
+    if (written == NULL) {
+        return -1;
+    }
+    Py_DECREF(written);
+    return 1;
+}
+
+/* _on_span_finish's work; -1 with an exception set on failure. */
+static int
+finish_span(TracerObject *self, SpanObject *span)
+{
+    if (deactivate((PyObject *)span) < 0) {
+        return -1;
+    }
+    PyObject *trace = span->trace;
+    if (trace == NULL || trace == Py_None) { /* built by hand: nothing to send */
+        return 0;
+    }
+    Py_INCREF(trace);
+    PyObject *lone = PyObject_GetAttr(self->open_traces, str_lone);
+    if (lone == NULL) {
+        Py_DECREF(trace);
+        return -1;
+    }
+    Py_DECREF(lone); /* only compared */
+    PyObject *result = NULL;
+    if (trace == lone) {
+        int sent = send_lone_root(self, span);
+        if (sent != 0) {
+            Py_DECREF(trace);
+            return sent < 0 ? -1 : 0;
+        }
+        PyObject *chunk = PyList_New(1);
+        if (chunk != NULL) {
+            PyList_SET_ITEM(chunk, 0, Py_NewRef((PyObject *)span));
+            PyObject *call[4] = {(PyObject *)self, chunk, (PyObject *)span, Py_None};
+            result = PyObject_VectorcallMethod(str_send_chunk, call, 4, NULL);
+            Py_DECREF(chunk);
+        }
+    }
+    else {
+        /* root before span_finished, which forgets it when the trace completes */
+        PyObject *root = PyObject_GetAttr(trace, str_root);
+        PyObject *chunk = root == NULL
+            ? NULL : PyObject_CallMethodOneArg(trace, str_span_finished, (PyObject *)span);
+        if (chunk != NULL) {
+            int ready = PyObject_IsTrue(chunk);
+            if (ready > 0) {
+                PyObject *call[4] = {(PyObject *)self, chunk, root, trace};
+                result = PyObject_VectorcallMethod(str_send_chunk, call, 4, NULL);
+            }
+            else if (ready == 0) {
+                result = Py_NewRef(Py_None);
+            }
+            Py_DECREF(chunk);
+        }
+        Py_XDECREF(root);
+    }
+    Py_DECREF(trace);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+static PyObject *
+tracer_on_span_finish(TracerObject *self, PyObject *span)
+{
+    if (!tracer_ready(self) || !PyObject_TypeCheck(span, &SpanCoreType)) {
+        return delegate(tracer_twin.on_span_finish, (PyObject *)self, &span, 1, NULL);
+    }
+    if (finish_span(self, (SpanObject *)span) == 0) {
+        Py_RETURN_NONE;
+    }
+    /* As the twin's `except Exception`: counted and logged, never raised into the application.
+     * Anything else (KeyboardInterrupt, SystemExit) goes on. */
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return NULL;
+    }
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *error = PyErr_GetRaisedException();
+#else
+    PyObject *type, *error, *traceback;
+    PyErr_Fetch(&type, &error, &traceback);
+    PyErr_NormalizeException(&type, &error, &traceback);
+    if (error != NULL && traceback != NULL) {
+        PyException_SetTraceback(error, traceback);
+    }
+    Py_XDECREF(type);
+    Py_XDECREF(traceback);
+#endif
+    PyObject *call[3] = {(PyObject *)self, str_doing_finish, error != NULL ? error : Py_None};
+    PyObject *logged = PyObject_VectorcallMethod(str_internal_error, call, 3, NULL);
+    Py_XDECREF(error);
+    if (logged == NULL) {
+        return NULL;
+    }
+    Py_DECREF(logged);
+    Py_RETURN_NONE;
+}
+
+static PyObject **
+tracer_fields(TracerObject *self)
+{
+    return &self->config;
+}
+
+static int
+tracer_traverse(TracerObject *self, visitproc visit, void *arg)
+{
+    PyObject **field = tracer_fields(self);
+    for (int i = 0; i < TRACER_FIELD_COUNT; i++) {
+        Py_VISIT(field[i]);
+    }
+    return 0;
+}
+
+static int
+tracer_clear(TracerObject *self)
+{
+    PyObject **field = tracer_fields(self);
+    for (int i = 0; i < TRACER_FIELD_COUNT; i++) {
+        Py_CLEAR(field[i]);
+    }
+    return 0;
+}
+
+static void
+tracer_dealloc(TracerObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    tracer_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+#define TRACER_MEMBER(name, field) \
+    {name, Py_T_OBJECT_EX, offsetof(TracerObject, field), 0, NULL}
+
+static PyMemberDef tracer_members[] = {
+    TRACER_MEMBER("config", config),
+    TRACER_MEMBER("enabled", enabled),
+    TRACER_MEMBER("_open_traces", open_traces),
+    TRACER_MEMBER("sampler", sampler),
+    TRACER_MEMBER("agent_sampler", agent_sampler),
+    TRACER_MEMBER("_writer", writer),
+    TRACER_MEMBER("_span_tags", span_tags),
+    TRACER_MEMBER("debug_logging", debug_logging),
+    TRACER_MEMBER("chunk_observers", chunk_observers),
+    TRACER_MEMBER("_shut_down", shut_down),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef tracer_methods[] = {
+    {"trace", FASTCALL(tracer_trace),
+     "trace(name, service=None, resource=None, span_type=None, child_of=None): as\n"
+     "tracer.PythonTracerCore.trace"},
+    {"_on_span_finish", (PyCFunction)tracer_on_span_finish, METH_O, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TracerCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ddagent._span.TracerCore",
+    .tp_doc = "The native twin of ddagent.tracer.PythonTracerCore (see ddagent/_span.c).",
+    .tp_basicsize = sizeof(TracerObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)tracer_dealloc,
+    .tp_traverse = (traverseproc)tracer_traverse,
+    .tp_clear = (inquiry)tracer_clear,
+    .tp_members = tracer_members,
+    .tp_methods = tracer_methods,
+};
+
+static PyObject *
+use_tracer_twin(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    (void)module;
+    if (nargs != 6 || !PyType_Check(args[1])
+        || !PyType_IsSubtype((PyTypeObject *)args[1], &SpanCoreType)
+        || !PyContextVar_CheckExact(args[2]) || !PyDict_CheckExact(args[3])
+        || !PyDict_CheckExact(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "use_tracer_twin(cls, span_class, active_span, root_meta, root_metrics, "
+                        "count_single_span_trace)");
+        return NULL;
+    }
+    PyObject *trace = PyObject_GetAttrString(args[0], "trace");
+    PyObject *on_span_finish = PyObject_GetAttrString(args[0], "_on_span_finish");
+    if (trace == NULL || on_span_finish == NULL) {
+        Py_XDECREF(trace);
+        Py_XDECREF(on_span_finish);
+        return NULL;
+    }
+    Py_XSETREF(tracer_twin.trace, trace);
+    Py_XSETREF(tracer_twin.on_span_finish, on_span_finish);
+    Py_XSETREF(tracer_twin.span_class, (PyTypeObject *)Py_NewRef(args[1]));
+    Py_XSETREF(tracer_twin.active_span, Py_NewRef(args[2]));
+    Py_XSETREF(tracer_twin.root_meta, Py_NewRef(args[3]));
+    Py_XSETREF(tracer_twin.root_metrics, Py_NewRef(args[4]));
+    Py_XSETREF(tracer_twin.count_single_span_trace, Py_NewRef(args[5]));
+    Py_RETURN_NONE;
+}
+
+static int
+init_tracer_constants(void)
+{
+    static const char *const keywords[5] = {"name", "service", "resource", "span_type",
+                                            "child_of"};
+    for (int i = 0; i < 5; i++) {
+        if ((trace_keywords[i] = PyUnicode_InternFromString(keywords[i])) == NULL) {
+            return -1;
+        }
+    }
+    struct {
+        PyObject **target;
+        const char *text;
+    } strings[] = {
+        {&str_lone, "lone"}, {&str_root, "root"}, {&str_service, "service"},
+        {&str_version, "version"}, {&str_by_service, "_by_service"},
+        {&str_closed_reason, "closed_reason"}, {&str_span_started, "span_started"},
+        {&str_new_span, "_new_span"}, {&str_span_finished, "span_finished"},
+        {&str_send_chunk, "_send_chunk"}, {&str_write, "write"},
+        {&str_internal_error, "_internal_error"}, {&str_doing_finish, "finishing a span"},
+        {&str_prev_active, "_prev_active"}, {&str_finished_attr, "_finished"},
+        {&str_dd_p_dm, "_dd.p.dm"}, {&str_agent_psr, "_dd.agent_psr"},
+        {&str_top_level, "_dd.top_level"},
+        /* sampler.py's MECHANISM_DEFAULT and MECHANISM_AGENT_RATE */
+        {&mechanism_default, "-0"}, {&mechanism_agent_rate, "-1"},
+    };
+    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+        if ((*strings[i].target = PyUnicode_InternFromString(strings[i].text)) == NULL) {
+            return -1;
+        }
+    }
+    sixty_four = PyLong_FromLong(64);
+    one_float = PyFloat_FromDouble(1.0);
+    priority_keep = PyLong_FromLong(1);   /* sampler.AUTO_KEEP */
+    priority_reject = PyLong_FromLong(0); /* sampler.AUTO_REJECT */
+    if (sixty_four == NULL || one_float == NULL || priority_keep == NULL
+        || priority_reject == NULL) {
+        return -1;
+    }
+    return PyType_Ready(&TracerCoreType);
+}
+
 /* -- the module ---------------------------------------------------------------------------- */
 
 static PyObject *
@@ -560,6 +1233,9 @@ use_python_twin(PyObject *module, PyObject *cls)
 static PyMethodDef module_methods[] = {
     {"use_python_twin", use_python_twin, METH_O,
      "use_python_twin(cls): the class whose methods take the calls SpanCore leaves to Python."},
+    {"use_tracer_twin", (PyCFunction)(void (*)(void))use_tracer_twin, METH_FASTCALL,
+     "use_tracer_twin(cls, span_class, active_span, root_meta, root_metrics, "
+     "count_single_span_trace):\nwhat TracerCore leaves to Python, and what it uses from it."},
     {"seed", seed, METH_O, "seed(bytes): reseed the span and trace id generator (8+ bytes)."},
     {"random_bits", random_bits, METH_NOARGS,
      "random_bits() -> int: 64 random bits from the id generator (never zero)."},
@@ -568,7 +1244,8 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef module_definition = {
     PyModuleDef_HEAD_INIT, "ddagent._span",
-    "The native twin of ddagent.span.PythonSpanCore (see ddagent/span.py).", -1, module_methods,
+    "The native twins of ddagent.span.PythonSpanCore and ddagent.tracer.PythonTracerCore.", -1,
+    module_methods,
     NULL, NULL, NULL, NULL,
 };
 
@@ -580,7 +1257,7 @@ PyInit__span(void)
     str_finish = PyUnicode_InternFromString("finish");
     zero = PyLong_FromLong(0);
     if (str_on_span_finish == NULL || str_finish == NULL || zero == NULL
-        || PyType_Ready(&SpanCoreType) < 0) {
+        || PyType_Ready(&SpanCoreType) < 0 || init_tracer_constants() < 0) {
         return NULL;
     }
     native_finish = PyDict_GetItemWithError(SpanCoreType.tp_dict, str_finish); /* borrowed */
@@ -615,6 +1292,12 @@ PyInit__span(void)
     Py_INCREF(&SpanCoreType);
     if (PyModule_AddObject(module, "SpanCore", (PyObject *)&SpanCoreType) < 0) {
         Py_DECREF(&SpanCoreType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&TracerCoreType);
+    if (PyModule_AddObject(module, "TracerCore", (PyObject *)&TracerCoreType) < 0) {
+        Py_DECREF(&TracerCoreType);
         Py_DECREF(module);
         return NULL;
     }

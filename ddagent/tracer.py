@@ -2,9 +2,12 @@
 
 The path of a span: ``trace()``/``start_span()`` creates it in its trace's buffer
 (ddagent/context.py); ``Span.finish`` comes back to ``_on_span_finish``, which restores the
-previously active span and, once the buffer yields a chunk, decides sampling, adds the chunk-level
-tags and calls ``writer.write(chunk)``. Nothing here raises into the application: internal
-errors are counted (``tracer.errors``) and logged rate-limited.
+previously active span and, once the buffer yields a chunk, hands it to ``_send_chunk``, which
+decides sampling, adds the chunk-level tags and calls ``writer.write(chunk)``. Nothing here raises
+into the application: internal errors are counted (``tracer.errors``) and logged rate-limited.
+
+``trace()`` and ``_on_span_finish`` run for every span: they are :class:`PythonTracerCore`'s, and
+the native span core has their twin in C (see that class).
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import threading
 import time
 import urllib.parse
 import weakref
-from typing import Any, Callable, Optional, TypeVar, Union, overload
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, overload
 
 from ddagent import config as config_module
 from ddagent._logging import ERROR, RateLimitedLog, get_logger
 from ddagent.context import ACTIVE_SPAN, Context, OpenTraces, TraceBuffer
 from ddagent.sampler import AUTO_KEEP, MECHANISM_DEFAULT, PrioritySampler, RateSampler
-from ddagent.span import Span
+from ddagent.span import PythonSpanCore, Span, SpanCore
 from ddagent.stats import STATS
 
 log = get_logger("ddagent.tracer")
@@ -76,7 +79,103 @@ def _new_process_identity() -> None:
     _ROOT_METRICS.clear()
 
 
-class Tracer:
+class PythonTracerCore:
+    """The two calls every span makes into its tracer: ``trace()`` and ``_on_span_finish``.
+
+    ``ddagent/_span.c``'s ``TracerCore`` is its native twin, used with the native span core: it
+    runs the usual case of both (a span started without ``child_of``; a finished span whose
+    trace needs only the default sampler and the chunk tags) and hands every other call to the
+    methods here, or to :meth:`Tracer._new_span` and :meth:`Tracer._send_chunk`, so this class
+    says what the tracer does. The fields both read on every span are slots (members in C).
+    """
+
+    __slots__ = (
+        "config", "enabled", "_open_traces", "sampler", "agent_sampler", "_writer", "_span_tags",
+        "debug_logging", "chunk_observers", "_shut_down",
+    )
+    config: config_module.Config
+    enabled: bool
+    _open_traces: OpenTraces
+    sampler: Any
+    agent_sampler: PrioritySampler
+    _writer: Any
+    _span_tags: tuple[tuple[str, str], ...]
+    debug_logging: bool
+    chunk_observers: list[Callable[[list[Span]], None]]
+    _shut_down: bool
+
+    if TYPE_CHECKING:  # Tracer's, called from here
+        def _new_span(self, name: str, parent: Union[Span, Context], service: Optional[str],
+                      resource: Optional[str], span_type: Optional[str]) -> Span: ...
+
+        def _send_chunk(self, chunk: list[Span], root: Optional[Span],
+                        trace: Optional[TraceBuffer]) -> None: ...
+
+        def _internal_error(self, doing: str, error: Optional[BaseException] = None) -> None: ...
+
+    def trace(
+        self,
+        name: str,
+        service: Optional[str] = None,
+        resource: Optional[str] = None,
+        span_type: Optional[str] = None,
+        child_of: Union[Span, Context, None] = None,
+    ) -> Span:
+        """Start a span, child of ``child_of`` or else of the active span, and make it active.
+
+        Use it as a context manager, or call ``finish()``.
+        """
+        active = ACTIVE_SPAN.get()
+        parent = active if child_of is None else child_of
+        if parent is None:  # a new trace, here rather than in _new_span: one call less per trace
+            span = Span(self, name, service or self.config.service, resource, span_type)
+            span._trace = self._open_traces.lone
+        else:
+            span = self._new_span(name, parent, service, resource, span_type)
+        span._prev_active = active
+        ACTIVE_SPAN.set(span)
+        return span
+
+    def _on_span_finish(self, span: Span) -> None:
+        try:
+            if ACTIVE_SPAN.get() is span:
+                previous = span._prev_active
+                while previous is not None and previous._finished:
+                    previous = previous._prev_active
+                ACTIVE_SPAN.set(previous)
+            trace = span._trace
+            if trace is None:  # built by hand and given this tracer: nothing to send
+                return
+            if trace is self._open_traces.lone:  # a root alone in its trace: no buffer, no lock
+                self._send_chunk([span], span, None)
+                return
+            root = trace.root  # span_finished forgets it when the trace completes
+            chunk = trace.span_finished(span)
+            if chunk:
+                self._send_chunk(chunk, root, trace)
+        except Exception:
+            self._internal_error("finishing a span")
+
+
+def _native_tracer_core() -> Optional[type[PythonTracerCore]]:
+    """The native twin of :class:`PythonTracerCore`, where the native span core is in use (it
+    creates native spans)."""
+    if SpanCore is PythonSpanCore:
+        return None
+    from ddagent import _span
+
+    _span.use_tracer_twin(  # type: ignore[attr-defined]  # a C module
+        PythonTracerCore, Span, ACTIVE_SPAN, _ROOT_META, _ROOT_METRICS, _FINISHED_ONE_SPAN)
+    return _span.TracerCore  # type: ignore[attr-defined,no-any-return]  # its twin
+
+
+if TYPE_CHECKING:  # type checkers see the Python core, which the native one mirrors
+    TracerCore = PythonTracerCore
+else:
+    TracerCore = _native_tracer_core() or PythonTracerCore
+
+
+class Tracer(TracerCore):
     """Creates spans and sends the finished traces to a Datadog agent through ``writer``."""
 
     DEFAULT_HOSTNAME = "localhost"
@@ -192,29 +291,6 @@ class Tracer:
 
     # -- creating spans ------------------------------------------------------------------
 
-    def trace(
-        self,
-        name: str,
-        service: Optional[str] = None,
-        resource: Optional[str] = None,
-        span_type: Optional[str] = None,
-        child_of: Union[Span, Context, None] = None,
-    ) -> Span:
-        """Start a span, child of ``child_of`` or else of the active span, and make it active.
-
-        Use it as a context manager, or call ``finish()``.
-        """
-        active = ACTIVE_SPAN.get()
-        parent = active if child_of is None else child_of
-        if parent is None:  # a new trace, here rather than in _new_span: one call less per trace
-            span = Span(self, name, service or self.config.service, resource, span_type)
-            span._trace = self._open_traces.lone
-        else:
-            span = self._new_span(name, parent, service, resource, span_type)
-        span._prev_active = active
-        ACTIVE_SPAN.set(span)
-        return span
-
     def start_span(
         self,
         name: str,
@@ -290,86 +366,54 @@ class Tracer:
 
     # -- finishing spans and writing traces ------------------------------------------------
 
-    def _on_span_finish(self, span: Span) -> None:
-        try:
-            if ACTIVE_SPAN.get() is span:
-                previous = span._prev_active
-                while previous is not None and previous._finished:
-                    previous = previous._prev_active
-                ACTIVE_SPAN.set(previous)
-            # The per-trace path, in one method: writing the chunk, sampling by the default
-            # sampler and the chunk tags are inline rather than in helper methods (callgrind:
-            # each Python call is ~1k instructions).
-            trace = span._trace
-            if trace is None:  # built by hand and given this tracer: nothing to send
-                return
-            lone = trace is self._open_traces.lone
-            root: Optional[Span]
-            if lone:  # a root alone in its trace: a chunk of one, without buffer or lock
-                chunk = [span]
-                root = span
-                _FINISHED_ONE_SPAN()
-            else:
-                root = trace.root  # span_finished forgets it when the trace completes
-                finished = trace.span_finished(span)
-                if not finished:
-                    return
-                chunk = finished
-                if len(chunk) == 1:
-                    _FINISHED_ONE_SPAN()
+    def _send_chunk(self, chunk: list[Span], root: Optional[Span],
+                    trace: Optional[TraceBuffer]) -> None:
+        """Sample, tag and write a chunk of finished spans.
+
+        ``trace`` is None for a root alone in its trace (``root``, the chunk's only span), sent
+        without a buffer; otherwise ``root`` is the trace's local root, read before the
+        completed buffer let go of it.
+        """
+        if len(chunk) == 1:
+            _FINISHED_ONE_SPAN()
+        else:
+            STATS.incr("spans.finished", len(chunk))
+        if not self.enabled or self._shut_down:
+            STATS.incr("spans.dropped.disabled" if not self.enabled
+                       else "spans.dropped.shutdown", len(chunk))
+            return
+        first = chunk[0]
+        meta = first.meta
+        if trace is None and root is not None and self.sampler is self.agent_sampler:
+            # The trace state a buffer would hold: the priority and _dd.p.dm (set_decision).
+            priority, mechanism = self.agent_sampler.decide(root)
+            if priority > 0:
+                meta["_dd.p.dm"] = mechanism
+        else:
+            if trace is None:  # a user's sampler records its decision on the trace's state
+                trace = self._trace_of(first)
+            if trace.priority is None:
+                if root is not None and self.sampler is self.agent_sampler:
+                    trace.set_decision(*self.agent_sampler.decide(root))
                 else:
-                    STATS.incr("spans.finished", len(chunk))
-            if not self.enabled or self._shut_down:
-                STATS.incr("spans.dropped.disabled" if not self.enabled
-                           else "spans.dropped.shutdown", len(chunk))
-                return
-            first = chunk[0]
-            meta = first.meta
-            if lone and self.sampler is self.agent_sampler:
-                # The trace state a buffer would hold: the priority and _dd.p.dm (set_decision).
-                priority, mechanism = self.agent_sampler.decide(span)
-                if priority > 0:
-                    meta["_dd.p.dm"] = mechanism
-            else:
-                if lone:  # a user's sampler records its decision on the trace's state
-                    trace = self._trace_of(span)
-                if trace.priority is None:
-                    if root is not None and self.sampler is self.agent_sampler:
-                        # The default sampler's decision, as for a lone root above: 5 Python
-                        # calls fewer than through _decide_sampling and the span (~5k
-                        # instructions of a request's trace).
-                        trace.set_decision(*self.agent_sampler.decide(root))
-                    else:
-                        self._decide_sampling(trace, root)
-                priority = trace.priority
-                if trace.tags:
-                    meta.update(trace.tags)
-                if trace.origin:
-                    meta["_dd.origin"] = trace.origin
-            root_meta = _ROOT_META.get(first.trace_id >> 64)
-            if root_meta is None:
-                root_meta = _root_meta(first.trace_id >> 64)
-            meta.update(root_meta)
-            metrics = first.metrics
-            metrics.update(_ROOT_METRICS.get(priority) or _root_metrics(priority))
-            if len(chunk) == 1:  # _tag_spans' loop for one span, inline unless there are tags
-                if first._parent is None or first._parent.service != first.service:
-                    metrics["_dd.top_level"] = 1.0
-                if self._span_tags or self.config.version:
-                    self._tag_spans(chunk)
-            else:
-                self._tag_spans(chunk)
-            if self.debug_logging:
-                log.debug("ddagent: writing %d spans (enabled:%s)\n%s", len(chunk), self.enabled,
-                          "\n\n".join(span.pprint() for span in chunk))
-            for observe in self.chunk_observers:  # usually none; ddagent/summary.py adds one
-                observe(chunk)
-            writer = self._writer
-            if writer is None:  # built on the first trace
-                writer = self.writer
-            writer.write(chunk)
-        except Exception:
-            self._internal_error("finishing a span")
+                    self._decide_sampling(trace, root)
+            priority = trace.priority
+            if trace.tags:
+                meta.update(trace.tags)
+            if trace.origin:
+                meta["_dd.origin"] = trace.origin
+        root_meta = _ROOT_META.get(first.trace_id >> 64)
+        if root_meta is None:
+            root_meta = _root_meta(first.trace_id >> 64)
+        meta.update(root_meta)
+        first.metrics.update(_ROOT_METRICS.get(priority) or _root_metrics(priority))
+        self._tag_spans(chunk)
+        if self.debug_logging:
+            log.debug("ddagent: writing %d spans (enabled:%s)\n%s", len(chunk), self.enabled,
+                      "\n\n".join(span.pprint() for span in chunk))
+        for observe in self.chunk_observers:  # usually none; ddagent/summary.py adds one
+            observe(chunk)
+        self.writer.write(chunk)
 
     def _decide_sampling(self, trace: TraceBuffer, root: Optional[Span] = None) -> None:
         """Decide the trace's priority once, on its local root (an upstream decision stands).
@@ -404,10 +448,11 @@ class Tracer:
                 if version and span.service == service and "version" not in span_meta:
                     span_meta["version"] = version
 
-    def _internal_error(self, doing: str) -> None:
+    def _internal_error(self, doing: str, error: Optional[BaseException] = None) -> None:
+        """Count and log (rate-limited) the exception being handled, or ``error``."""
         STATS.incr("tracer.errors")
         self._log.log(ERROR, doing, "ddagent: internal error while %s", doing,
-                      exc_info=True)
+                      exc_info=error if error is not None else True)
 
     # -- flushing ----------------------------------------------------------------------
 
