@@ -583,7 +583,7 @@ static struct {
 } tracer_twin;
 
 static PyObject *str_lone, *str_root, *str_service, *str_version, *str_by_service;
-static PyObject *str_closed_reason, *str_span_started;
+static PyObject *str_closed_reason, *str_span_started, *str_trace_of;
 static PyObject *str_new_span, *str_span_finished, *str_send_chunk, *str_write;
 static PyObject *str_internal_error, *str_doing_finish, *str_prev_active, *str_finished_attr;
 static PyObject *str_dd_p_dm, *str_agent_psr, *str_top_level, *sixty_four, *one_float;
@@ -673,7 +673,8 @@ start_root(TracerObject *self, PyObject *name, PyObject *service, PyObject *reso
 }
 
 /* A span under the active span `parent`, in the usual case (a native span of this tracer, whose
- * trace has an open buffer); NULL with no exception set otherwise: Tracer._new_span's case. */
+ * trace has an open buffer or none yet); NULL with no exception set otherwise: Tracer._new_span's
+ * case. */
 static PyObject *
 start_child(TracerObject *self, PyObject *parent, PyObject *name, PyObject *service,
             PyObject *resource, PyObject *span_type)
@@ -693,9 +694,15 @@ start_child(TracerObject *self, PyObject *parent, PyObject *name, PyObject *serv
     PyObject *closed = PyObject_GetAttr(trace, str_closed_reason);
     Py_XDECREF(lone); /* only compared */
     Py_XDECREF(closed);
-    if (lone == NULL || closed == NULL || trace == lone || closed != Py_None) {
-        Py_DECREF(trace); /* a root alone until now, or a closed buffer: _new_span's case */
+    if (lone == NULL || closed == NULL || closed != Py_None) {
+        Py_DECREF(trace); /* a closed buffer: _new_span's case */
         return NULL;
+    }
+    if (trace == lone) { /* the parent was alone in its trace until now: it gets a buffer */
+        Py_SETREF(trace, PyObject_CallMethodOneArg((PyObject *)self, str_trace_of, parent));
+        if (trace == NULL) {
+            return NULL;
+        }
     }
     int given = service == Py_None ? 0 : PyObject_IsTrue(service);
     if (given < 0) {
@@ -1178,6 +1185,7 @@ init_tracer_constants(void)
         {&str_lone, "lone"}, {&str_root, "root"}, {&str_service, "service"},
         {&str_version, "version"}, {&str_by_service, "_by_service"},
         {&str_closed_reason, "closed_reason"}, {&str_span_started, "span_started"},
+        {&str_trace_of, "_trace_of"},
         {&str_new_span, "_new_span"}, {&str_span_finished, "span_finished"},
         {&str_send_chunk, "_send_chunk"}, {&str_write, "write"},
         {&str_internal_error, "_internal_error"}, {&str_doing_finish, "finishing a span"},

@@ -413,7 +413,10 @@ class Tracer(TracerCore):
                       "\n\n".join(span.pprint() for span in chunk))
         for observe in self.chunk_observers:  # usually none; ddagent/summary.py adds one
             observe(chunk)
-        self.writer.write(chunk)
+        writer = self._writer
+        if writer is None:  # built on the first trace
+            writer = self.writer
+        writer.write(chunk)
 
     def _decide_sampling(self, trace: TraceBuffer, root: Optional[Span] = None) -> None:
         """Decide the trace's priority once, on its local root (an upstream decision stands).
