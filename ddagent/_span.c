@@ -1,7 +1,8 @@
-/* The native twins of span.PythonSpanCore and tracer.PythonTracerCore: a span's fields and the
- * methods every traced operation calls (creating it, setting string tags and numeric metrics,
- * finishing it, `with`), and the tracer's two per-span calls (trace() and _on_span_finish, in
- * their own section below).
+/* The native twins of span.PythonSpanCore, tracer.PythonTracerCore and
+ * context.PythonTraceBufferCore: a span's fields and the methods every traced operation calls
+ * (creating it, setting string tags and numeric metrics, finishing it, `with`); the tracer's two
+ * per-span calls (trace() and _on_span_finish) and a trace buffer's (span_started and
+ * span_finished), each in their own section below.
  *
  * It exists for speed (callgrind, see bench/README.md): creating a span through the Python
  * __init__ costs ~9k instructions, most of it the Python call from type.__call__, the two id
@@ -1211,6 +1212,334 @@ init_tracer_constants(void)
     return PyType_Ready(&TracerCoreType);
 }
 
+/* -- a trace's buffer: TraceBufferCore -----------------------------------------------------
+ *
+ * The native twin of context.PythonTraceBufferCore: the fields of a trace's buffer and the two
+ * calls every span of a buffered trace makes, span_started and span_finished. They run under the
+ * buffer's lock (a threading.Lock the Python methods take too), exactly as the twin's do; a span
+ * finishing in a closed buffer, or a field in a state the buffer never leaves it in, goes to the
+ * twin. It exists for speed: the two Python methods cost ~4.5k instructions of a child span's
+ * ~19k (callgrind, a trace of 100 spans; see bench/README.md). */
+
+typedef struct {
+    PyObject_HEAD
+    /* in the order of context.PythonTraceBufferCore.__slots__ */
+    PyObject *trace_id, *root, *priority, *tags, *origin, *tracestate, *closed_reason;
+    PyObject *lock, *open, *finished, *registry;
+} TraceBufferObject;
+
+#define BUFFER_FIELD_COUNT 11
+
+static PyTypeObject TraceBufferCoreType;
+
+static struct {
+    PyObject *span_started, *span_finished; /* PythonTraceBufferCore's methods */
+} buffer_twin;
+
+static PyObject *str_acquire, *str_release, *str_add, *str_close, *str_evicted;
+static PyObject *str_partial_flush_min_spans, *str_traces, *one;
+
+static int
+buffer_ready(TraceBufferObject *self)
+{
+    PyObject **field = &self->trace_id;
+    for (int i = 0; i < BUFFER_FIELD_COUNT; i++) {
+        if (field[i] == NULL) {
+            return 0;
+        }
+    }
+    return PyLong_CheckExact(self->open) && PyList_CheckExact(self->finished)
+        && buffer_twin.span_finished != NULL;
+}
+
+/* lock.acquire() or lock.release() */
+static int
+call_lock(TraceBufferObject *self, PyObject *method)
+{
+    PyObject *result = PyObject_CallMethodNoArgs(self->lock, method);
+    if (result == NULL) {
+        return -1;
+    }
+    Py_DECREF(result);
+    return 0;
+}
+
+/* lock.release(), keeping the exception being raised, if any (its own, if it fails). */
+static int
+release_lock(TraceBufferObject *self)
+{
+#if PY_VERSION_HEX >= 0x030C0000
+    PyObject *raised = PyErr_GetRaisedException();
+    int released = call_lock(self, str_release);
+    if (raised == NULL) {
+        return released;
+    }
+    if (released == 0) {
+        PyErr_SetRaisedException(raised);
+    }
+    else {
+        Py_DECREF(raised);
+    }
+    return -1;
+#else
+    PyObject *type, *value, *traceback;
+    PyErr_Fetch(&type, &value, &traceback);
+    int released = call_lock(self, str_release);
+    if (type == NULL) {
+        return released;
+    }
+    if (released == 0) {
+        PyErr_Restore(type, value, traceback);
+    }
+    else {
+        Py_DECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(traceback);
+    }
+    return -1;
+#endif
+}
+
+/* self._open + delta, stored; the new count, or -1 with an exception set. */
+static long long
+add_open(TraceBufferObject *self, int delta)
+{
+    PyObject *count = delta > 0 ? PyNumber_Add(self->open, one)
+                                : PyNumber_Subtract(self->open, one);
+    if (count == NULL) {
+        return -1;
+    }
+    long long value = PyLong_AsLongLong(count);
+    Py_SETREF(self->open, count);
+    return value; /* an exact int's conversion fails only beyond 64 bits: never here */
+}
+
+static PyObject *
+buffer_span_started(TraceBufferObject *self, PyObject *span)
+{
+    if (!buffer_ready(self)) {
+        return delegate(buffer_twin.span_started, (PyObject *)self, &span, 1, NULL);
+    }
+    if (call_lock(self, str_acquire) < 0) {
+        return NULL;
+    }
+    PyObject *victim = NULL;
+    if (self->root == Py_None) {
+        Py_SETREF(self->root, Py_NewRef(span));
+    }
+    long long open = add_open(self, 1);
+    if (open == 1) { /* (re)opened: registered again (OpenTraces.add may name a victim) */
+        PyObject *call[2] = {self->registry, (PyObject *)self};
+        victim = PyObject_VectorcallMethod(str_add, call, 2, NULL);
+    }
+    int failed = open < 0 || (open == 1 && victim == NULL);
+    if (release_lock(self) < 0 || failed) {
+        Py_XDECREF(victim);
+        return NULL;
+    }
+    if (victim != NULL && victim != Py_None) {
+        PyObject *closed = PyObject_CallMethodOneArg(victim, str_close, str_evicted);
+        Py_DECREF(victim);
+        if (closed == NULL) {
+            return NULL;
+        }
+        Py_DECREF(closed);
+        Py_RETURN_NONE;
+    }
+    Py_XDECREF(victim);
+    Py_RETURN_NONE;
+}
+
+/* Under the lock: the chunk ready to send (a new reference), None, or NULL on an error. */
+static PyObject *
+take_finished(TraceBufferObject *self, PyObject *span)
+{
+    if (PyList_Append(self->finished, span) < 0) {
+        return NULL;
+    }
+    long long open = add_open(self, -1);
+    if (open < 0) {
+        return NULL;
+    }
+    if (open) {
+        PyObject *limit = PyObject_GetAttr(self->registry, str_partial_flush_min_spans);
+        if (limit == NULL) {
+            return NULL;
+        }
+        PyObject *waiting = PyLong_FromSsize_t(PyList_GET_SIZE(self->finished));
+        int early = waiting == NULL ? -1 : PyObject_RichCompareBool(waiting, limit, Py_LT);
+        Py_XDECREF(waiting);
+        Py_DECREF(limit);
+        if (early != 0) {
+            return early < 0 ? NULL : Py_NewRef(Py_None);
+        }
+    }
+    else {
+        /* the trace is complete: unregistered, and its root let go (see the twin) */
+        PyObject *traces = PyObject_GetAttr(self->registry, str_traces);
+        if (traces == NULL) {
+            return NULL;
+        }
+        int unregistered = PyDict_CheckExact(traces)
+            ? PyDict_DelItem(traces, (PyObject *)self) : -1;
+        Py_DECREF(traces);
+        if (unregistered < 0) {
+            if (!PyErr_ExceptionMatches(PyExc_KeyError)) {
+                return NULL;
+            }
+            PyErr_Clear();
+        }
+        Py_SETREF(self->root, Py_NewRef(Py_None));
+    }
+    PyObject *fresh = PyList_New(0);
+    if (fresh == NULL) {
+        return NULL;
+    }
+    PyObject *chunk = self->finished;
+    self->finished = fresh;
+    return chunk;
+}
+
+static PyObject *
+buffer_span_finished(TraceBufferObject *self, PyObject *span)
+{
+    if (!buffer_ready(self) || self->closed_reason != Py_None) {
+        /* a closed buffer never opens again: the twin counts the span as dropped */
+        return delegate(buffer_twin.span_finished, (PyObject *)self, &span, 1, NULL);
+    }
+    if (call_lock(self, str_acquire) < 0) {
+        return NULL;
+    }
+    PyObject *chunk;
+    if (self->closed_reason == Py_None) {
+        chunk = take_finished(self, span);
+    }
+    else { /* closed meanwhile */
+        chunk = Py_NewRef(Py_NotImplemented);
+    }
+    if (release_lock(self) < 0) {
+        Py_XDECREF(chunk);
+        return NULL;
+    }
+    if (chunk == Py_NotImplemented) {
+        Py_DECREF(chunk);
+        return delegate(buffer_twin.span_finished, (PyObject *)self, &span, 1, NULL);
+    }
+    return chunk;
+}
+
+static PyObject **
+buffer_fields(TraceBufferObject *self)
+{
+    return &self->trace_id;
+}
+
+static int
+buffer_traverse(TraceBufferObject *self, visitproc visit, void *arg)
+{
+    PyObject **field = buffer_fields(self);
+    for (int i = 0; i < BUFFER_FIELD_COUNT; i++) {
+        Py_VISIT(field[i]);
+    }
+    return 0;
+}
+
+static int
+buffer_clear(TraceBufferObject *self)
+{
+    PyObject **field = buffer_fields(self);
+    for (int i = 0; i < BUFFER_FIELD_COUNT; i++) {
+        Py_CLEAR(field[i]);
+    }
+    return 0;
+}
+
+static void
+buffer_dealloc(TraceBufferObject *self)
+{
+    PyObject_GC_UnTrack(self);
+    buffer_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+#define BUFFER_MEMBER(name, field) \
+    {name, Py_T_OBJECT_EX, offsetof(TraceBufferObject, field), 0, NULL}
+
+static PyMemberDef buffer_members[] = {
+    BUFFER_MEMBER("trace_id", trace_id),
+    BUFFER_MEMBER("root", root),
+    BUFFER_MEMBER("priority", priority),
+    BUFFER_MEMBER("tags", tags),
+    BUFFER_MEMBER("origin", origin),
+    BUFFER_MEMBER("tracestate", tracestate),
+    BUFFER_MEMBER("closed_reason", closed_reason),
+    BUFFER_MEMBER("_lock", lock),
+    BUFFER_MEMBER("_open", open),
+    BUFFER_MEMBER("_finished", finished),
+    BUFFER_MEMBER("_registry", registry),
+    {NULL, 0, 0, 0, NULL},
+};
+
+static PyMethodDef buffer_methods[] = {
+    {"span_started", (PyCFunction)buffer_span_started, METH_O,
+     "span_started(span): as context.PythonTraceBufferCore.span_started"},
+    {"span_finished", (PyCFunction)buffer_span_finished, METH_O,
+     "span_finished(span): as context.PythonTraceBufferCore.span_finished"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject TraceBufferCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "ddagent._span.TraceBufferCore",
+    .tp_doc = "The native twin of ddagent.context.PythonTraceBufferCore (see ddagent/_span.c).",
+    .tp_basicsize = sizeof(TraceBufferObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_new = PyType_GenericNew,
+    .tp_dealloc = (destructor)buffer_dealloc,
+    .tp_traverse = (traverseproc)buffer_traverse,
+    .tp_clear = (inquiry)buffer_clear,
+    .tp_members = buffer_members,
+    .tp_methods = buffer_methods,
+};
+
+static PyObject *
+use_trace_buffer_twin(PyObject *module, PyObject *cls)
+{
+    (void)module;
+    PyObject *started = PyObject_GetAttrString(cls, "span_started");
+    PyObject *finished = PyObject_GetAttrString(cls, "span_finished");
+    if (started == NULL || finished == NULL) {
+        Py_XDECREF(started);
+        Py_XDECREF(finished);
+        return NULL;
+    }
+    Py_XSETREF(buffer_twin.span_started, started);
+    Py_XSETREF(buffer_twin.span_finished, finished);
+    Py_RETURN_NONE;
+}
+
+static int
+init_buffer_constants(void)
+{
+    struct {
+        PyObject **target;
+        const char *text;
+    } strings[] = {
+        {&str_acquire, "acquire"}, {&str_release, "release"}, {&str_add, "add"},
+        {&str_close, "close"}, {&str_evicted, "open_trace_evicted"},
+        {&str_partial_flush_min_spans, "partial_flush_min_spans"}, {&str_traces, "_traces"},
+    };
+    for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
+        if ((*strings[i].target = PyUnicode_InternFromString(strings[i].text)) == NULL) {
+            return -1;
+        }
+    }
+    if ((one = PyLong_FromLong(1)) == NULL) {
+        return -1;
+    }
+    return PyType_Ready(&TraceBufferCoreType);
+}
+
 /* -- the module ---------------------------------------------------------------------------- */
 
 static PyObject *
@@ -1244,6 +1573,9 @@ static PyMethodDef module_methods[] = {
     {"use_tracer_twin", (PyCFunction)(void (*)(void))use_tracer_twin, METH_FASTCALL,
      "use_tracer_twin(cls, span_class, active_span, root_meta, root_metrics, "
      "count_single_span_trace):\nwhat TracerCore leaves to Python, and what it uses from it."},
+    {"use_trace_buffer_twin", use_trace_buffer_twin, METH_O,
+     "use_trace_buffer_twin(cls): the class whose methods take the calls TraceBufferCore leaves\n"
+     "to Python."},
     {"seed", seed, METH_O, "seed(bytes): reseed the span and trace id generator (8+ bytes)."},
     {"random_bits", random_bits, METH_NOARGS,
      "random_bits() -> int: 64 random bits from the id generator (never zero)."},
@@ -1252,8 +1584,8 @@ static PyMethodDef module_methods[] = {
 
 static struct PyModuleDef module_definition = {
     PyModuleDef_HEAD_INIT, "ddagent._span",
-    "The native twins of ddagent.span.PythonSpanCore and ddagent.tracer.PythonTracerCore.", -1,
-    module_methods,
+    "The native twins of ddagent's span, tracer and trace buffer cores (see ddagent/_span.c).",
+    -1, module_methods,
     NULL, NULL, NULL, NULL,
 };
 
@@ -1265,7 +1597,8 @@ PyInit__span(void)
     str_finish = PyUnicode_InternFromString("finish");
     zero = PyLong_FromLong(0);
     if (str_on_span_finish == NULL || str_finish == NULL || zero == NULL
-        || PyType_Ready(&SpanCoreType) < 0 || init_tracer_constants() < 0) {
+        || PyType_Ready(&SpanCoreType) < 0 || init_tracer_constants() < 0
+        || init_buffer_constants() < 0) {
         return NULL;
     }
     native_finish = PyDict_GetItemWithError(SpanCoreType.tp_dict, str_finish); /* borrowed */
@@ -1306,6 +1639,12 @@ PyInit__span(void)
     Py_INCREF(&TracerCoreType);
     if (PyModule_AddObject(module, "TracerCore", (PyObject *)&TracerCoreType) < 0) {
         Py_DECREF(&TracerCoreType);
+        Py_DECREF(module);
+        return NULL;
+    }
+    Py_INCREF(&TraceBufferCoreType);
+    if (PyModule_AddObject(module, "TraceBufferCore", (PyObject *)&TraceBufferCoreType) < 0) {
+        Py_DECREF(&TraceBufferCoreType);
         Py_DECREF(module);
         return NULL;
     }

@@ -66,13 +66,98 @@ class Context:
         return f"Context({fields})"
 
 
-class TraceBuffer:
-    """The spans of one trace in this process, and the trace's sampling and propagation state."""
+class PythonTraceBufferCore:
+    """A trace buffer's fields and the two calls every span of a buffered trace makes into it.
+
+    ``ddagent/_span.c``'s ``TraceBufferCore`` is its native twin, used with the native span core:
+    the same work under the same lock, handing a span that finishes in a closed buffer (and
+    anything unusual) to the methods here, so this class says what a buffer does.
+    """
 
     __slots__ = (
         "trace_id", "root", "priority", "tags", "origin", "tracestate", "closed_reason",
-        "_lock", "_open", "_finished", "_registry", "__weakref__",
+        "_lock", "_open", "_finished", "_registry",
     )
+    trace_id: int
+    root: Optional[Span]
+    priority: Optional[int]
+    tags: dict[str, str]
+    origin: Optional[str]
+    tracestate: Optional[str]
+    closed_reason: Optional[str]
+    _lock: threading.Lock
+    _open: int
+    _finished: list[Span]
+    _registry: OpenTraces
+
+    # span_started and span_finished run for every child span: they take the lock with
+    # acquire()/release() rather than `with`, whose __enter__/__exit__ lookups cost ~1k of the
+    # ~2k instructions a locked block costs (callgrind, Python 3.11).
+
+    def span_started(self, span: Span) -> None:
+        victim = None
+        lock = self._lock
+        lock.acquire()
+        try:
+            if self.root is None:
+                self.root = span
+            self._open += 1
+            if self._open == 1:
+                victim = self._registry.add(self)
+        finally:
+            lock.release()
+        if victim is not None:
+            victim.close("open_trace_evicted")
+
+    def span_finished(self, span: Span) -> Optional[list[Span]]:
+        """Take ``span`` back; returns a chunk of finished spans when one is ready to send."""
+        lock = self._lock
+        lock.acquire()
+        try:
+            reason = self.closed_reason
+            if reason is None:
+                self._finished.append(span)
+                self._open -= 1
+                if self._open and len(self._finished) < self._registry.partial_flush_min_spans:
+                    return None
+                if not self._open:
+                    self._registry._traces.pop(self, None)  # discard(), inlined: atomic
+                    # Drop the root reference (the only span <-> buffer cycle) so refcounting
+                    # frees a finished trace without the cyclic GC. Here, under the lock we
+                    # hold anyway, rather than in a second locked call per trace.
+                    self.root = None
+                chunk, self._finished = self._finished, []
+                return chunk
+        finally:
+            lock.release()
+        # A span of a closed buffer: nobody will send it.
+        STATS.incr("spans.finished")
+        STATS.incr(f"spans.dropped.{reason}")
+        return None
+
+
+def _native_trace_buffer_core() -> Optional[type[PythonTraceBufferCore]]:
+    """The native twin of :class:`PythonTraceBufferCore`, where the native span core is in use."""
+    from ddagent import span
+
+    if span.SpanCore is span.PythonSpanCore:
+        return None
+    from ddagent import _span
+
+    _span.use_trace_buffer_twin(PythonTraceBufferCore)  # type: ignore[attr-defined]  # C
+    return _span.TraceBufferCore  # type: ignore[attr-defined,no-any-return]  # its twin
+
+
+if TYPE_CHECKING:  # type checkers see the Python core, which the native one mirrors
+    TraceBufferCore = PythonTraceBufferCore
+else:
+    TraceBufferCore = _native_trace_buffer_core() or PythonTraceBufferCore
+
+
+class TraceBuffer(TraceBufferCore):
+    """The spans of one trace in this process, and the trace's sampling and propagation state."""
+
+    __slots__ = ("__weakref__",)
 
     def __init__(self, trace_id: int, registry: OpenTraces, root: Optional[Span] = None) -> None:
         self.trace_id = trace_id
@@ -127,51 +212,6 @@ class TraceBuffer:
             self.tags["_dd.p.dm"] = mechanism
         else:
             self.tags.pop("_dd.p.dm", None)
-
-    # span_started and span_finished run for every child span: they take the lock with
-    # acquire()/release() rather than `with`, whose __enter__/__exit__ lookups cost ~1k of the
-    # ~2k instructions a locked block costs (callgrind, Python 3.11).
-
-    def span_started(self, span: Span) -> None:
-        victim = None
-        lock = self._lock
-        lock.acquire()
-        try:
-            if self.root is None:
-                self.root = span
-            self._open += 1
-            if self._open == 1:
-                victim = self._registry.add(self)
-        finally:
-            lock.release()
-        if victim is not None:
-            victim.close("open_trace_evicted")
-
-    def span_finished(self, span: Span) -> Optional[list[Span]]:
-        """Take ``span`` back; returns a chunk of finished spans when one is ready to send."""
-        lock = self._lock
-        lock.acquire()
-        try:
-            reason = self.closed_reason
-            if reason is None:
-                self._finished.append(span)
-                self._open -= 1
-                if self._open and len(self._finished) < self._registry.partial_flush_min_spans:
-                    return None
-                if not self._open:
-                    self._registry._traces.pop(self, None)  # discard(), inlined: atomic
-                    # Drop the root reference (the only span <-> buffer cycle) so refcounting
-                    # frees a finished trace without the cyclic GC. Here, under the lock we
-                    # hold anyway, rather than in a second locked call per trace.
-                    self.root = None
-                chunk, self._finished = self._finished, []
-                return chunk
-        finally:
-            lock.release()
-        # A span of a closed buffer: nobody will send it.
-        STATS.incr("spans.finished")
-        STATS.incr(f"spans.dropped.{reason}")
-        return None
 
     def close(self, reason: str) -> None:
         """Stop collecting: drop (and count) the waiting spans and any that finish later."""

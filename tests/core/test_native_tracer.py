@@ -1,6 +1,7 @@
-"""The native tracer core (TracerCore in ddagent/_span.c) against PythonTracerCore, its Python twin:
-the same traces through every path of trace() and _on_span_finish, and errors counted rather
-than raised."""
+"""The native tracer and trace buffer cores (TracerCore, TraceBufferCore in ddagent/_span.c)
+against their Python twins (PythonTracerCore, PythonTraceBufferCore): the same traces and counts
+through every path of trace(), _on_span_finish, span_started and span_finished, and errors
+counted rather than raised."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from ddagent.context import PythonTraceBufferCore, TraceBuffer
 from ddagent.sampler import keeps
 from ddagent.span import PythonSpanCore, SpanCore
 from ddagent.stats import STATS
@@ -41,8 +43,9 @@ def test_the_native_core_sends_what_its_python_twin_sends() -> None:
     assert len(native.splitlines()) == len(python.splitlines()) > 10
 
 
-def test_the_tracer_core_follows_the_span_core() -> None:
+def test_the_tracer_and_buffer_cores_follow_the_span_core() -> None:
     assert (Tracer.__mro__[1] is PythonTracerCore) == (not NATIVE)
+    assert (TraceBuffer.__mro__[1] is PythonTraceBufferCore) == (not NATIVE)
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3, 0.5, 0.7, 1.0])

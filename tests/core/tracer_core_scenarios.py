@@ -12,6 +12,7 @@ from ddagent.config import Config
 from ddagent.context import ACTIVE_SPAN, Context
 from ddagent.sampler import RateSampler
 from ddagent.span import Span
+from ddagent.stats import STATS
 from ddagent.tracer import Tracer
 from tests.listwriter import ListWriter
 
@@ -149,6 +150,22 @@ def a_span_built_by_hand_as_active(t: Tracer) -> None:
         ACTIVE_SPAN.reset(token)
 
 
+@scenario({"DD_TRACE_PARTIAL_FLUSH_MIN_SPANS": "3"})
+def partial_flush(t: Tracer) -> None:
+    with t.trace("root"):
+        for i in range(7):
+            t.trace(f"child {i}").finish()
+
+
+@scenario()
+def evicted_traces(t: Tracer) -> None:
+    t._open_traces.max_traces = 2
+    roots = [t.start_span(f"root {i}") for i in range(3)]
+    children = [t.start_span("child", child_of=root) for root in roots]
+    for span in children + roots:
+        span.finish()  # the first trace was evicted: its spans are dropped, counted
+
+
 @scenario()
 def bad_calls(t: Tracer) -> None:
     for call in (lambda: t.trace(), lambda: t.trace("x", bogus=1),
@@ -186,9 +203,11 @@ def normalised(chunks: list[list[Span]]) -> list[list[dict[str, Any]]]:
 def main() -> None:
     for name, (env, run) in SCENARIOS.items():
         tracer = make_tracer(env)
+        STATS.reset()
         run(tracer)
         print(json.dumps({"scenario": name, "active": ACTIVE_SPAN.get() is not None,
-                          "chunks": normalised(tracer.writer.chunks)}))
+                          "chunks": normalised(tracer.writer.chunks),
+                          "counts": STATS.snapshot()}))
     print(type(tracer).__mro__[1].__name__, file=sys.stderr)  # which core ran
 
 
