@@ -2,12 +2,25 @@ from __future__ import annotations
 
 import pytest
 
-from ddagent.writer import AgentWriter
+from ddagent.writer import AgentWriter, agent
 from tests.writer.helpers import LocalAgent
 
 
+@pytest.fixture(params=["native", "python"])
+def writer_path(request, monkeypatch) -> str:
+    """Each test once with the native write() and buffer (ddagent/writer/_encoder.c), once with
+    their Python twins (the fallback where the extension is not built)."""
+    if request.param == "native":
+        if agent.TraceBuffer is agent.PythonTraceBuffer:
+            pytest.skip("the native writer is not built (or DD_TRACE_NATIVE_ENCODER=false)")
+    else:
+        monkeypatch.setattr(agent, "TraceBuffer", agent.PythonTraceBuffer)
+        monkeypatch.setattr(AgentWriter, "write", agent.python_write)
+    return request.param
+
+
 @pytest.fixture
-def make_writer():
+def make_writer(writer_path):
     """Build AgentWriters that are stopped (quickly) at the end of the test."""
     writers: list[AgentWriter] = []
 
@@ -27,10 +40,10 @@ def local_agent():
     agents: list[LocalAgent] = []
 
     def start(**behaviour: object) -> LocalAgent:
-        agent = LocalAgent(**behaviour)
-        agents.append(agent)
-        return agent
+        local = LocalAgent(**behaviour)
+        agents.append(local)
+        return local
 
     yield start
-    for agent in agents:
-        agent.close()
+    for local in agents:
+        local.close()

@@ -201,14 +201,21 @@ def run_exit_script(agent_url: str, env: dict) -> float:
     return time.monotonic() - started
 
 
-def test_exit_flushes_unsent_traces(test_agent):
-    run_exit_script(test_agent.url, python_env(test_agent))
+def exit_script_env(test_agent, writer_path: str) -> dict:
+    """The child's environment: the writer's Python twin switched on as in this process."""
+    if writer_path == "python":
+        return python_env(test_agent, DD_TRACE_NATIVE_ENCODER="false")
+    return python_env(test_agent)
+
+
+def test_exit_flushes_unsent_traces(test_agent, writer_path):
+    run_exit_script(test_agent.url, exit_script_env(test_agent, writer_path))
     assert len(test_agent.wait_for_traces(5)) == 5
     test_agent.assert_no_check_failures()
 
 
-def test_exit_is_not_delayed_by_an_agent_that_is_down(test_agent, local_agent):
+def test_exit_is_not_delayed_by_an_agent_that_is_down(test_agent, local_agent, writer_path):
     stalled = local_agent(stall=60)
     for url in (nothing_listening(), stalled.url):
         # The stop deadline is 3 s; interpreter start-up is the rest of the generous bound.
-        assert run_exit_script(url, python_env(test_agent)) < 30
+        assert run_exit_script(url, exit_script_env(test_agent, writer_path)) < 30
