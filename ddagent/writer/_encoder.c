@@ -1,5 +1,5 @@
 /* The native twins of the writer's per-trace Python, for speed: AgentWriter.write cost ~10.8k
- * instructions for a single-span trace exported to the test agent, ~3.5k with them (callgrind;
+ * instructions for a single-span trace exported to the test agent, ~3.3k with them (callgrind;
  * see ddagent/writer/agent.py). Three parts:
  *
  * - encode_trace, the twin of encoding.encode_trace_python: one trace chunk as a msgpack array
@@ -450,16 +450,19 @@ put_field(Buffer *buffer, int field, PyObject *value)
     }
 }
 
-/* Where a __slots__ class (ddagent's Span) keeps each field, so that its spans' fields are read
- * straight from the object, as its slot descriptors would read them: PyObject_GetAttr costs ~150
- * instructions a field (callgrind), ~1.8k of a span's ~4k to encode. One class is remembered, with
- * the version tag it had: assigning to the class (replacing a slot by a property, say) changes
- * the tag, and its spans are then read through PyObject_GetAttr until the layout is learnt anew. */
-static struct {
+/* Where a __slots__ class (ddagent's Span) keeps each field (span_layout), so that its spans'
+ * fields are read straight from the object, as its slot descriptors would read them:
+ * PyObject_GetAttr costs ~150 instructions a field (callgrind), ~1.8k of a span's ~4k to encode.
+ * One class is remembered, with the version tag it had: assigning to the class (replacing a slot
+ * by a property, say) changes the tag, and its spans are then read through PyObject_GetAttr until
+ * the layout is learnt anew. */
+typedef struct {
     PyTypeObject *type; /* a strong reference; NULL until a class qualifies */
     unsigned int version_tag;
     Py_ssize_t offsets[FIELD_COUNT];
-} slots;
+} Layout;
+
+static Layout span_layout;
 
 static int
 has_version_tag(PyTypeObject *type)
@@ -471,19 +474,20 @@ has_version_tag(PyTypeObject *type)
 #endif
 }
 
-/* Remembers `type` if every field is a plain slot of it; 0 if it is not (or on an error). */
+/* Remembers in `layout` where `type` keeps the attributes `names`, if every one is a plain
+ * slot of it; 0 if one is not (or on an error). */
 static int
-learn_slots(PyTypeObject *type)
+learn_layout(Layout *layout, PyTypeObject *type, PyObject *const *names, int count)
 {
     if (!has_version_tag(type)) {
         return 0;
     }
     Py_ssize_t offsets[FIELD_COUNT];
-    for (int field = 0; field < FIELD_COUNT; field++) {
+    for (int i = 0; i < count; i++) {
         /* The attribute as `type` resolves it (its MRO's first definition), borrowed; it runs
          * no Python code. (CPython's own lookup: the static builtin types in an MRO have no
          * tp_dict to read on 3.12+.) */
-        PyObject *descriptor = _PyType_Lookup(type, attributes[field]);
+        PyObject *descriptor = _PyType_Lookup(type, names[i]);
         if (descriptor == NULL || Py_TYPE(descriptor) != &PyMemberDescr_Type) {
             return 0;
         }
@@ -491,22 +495,24 @@ learn_slots(PyTypeObject *type)
         if (member->type != Py_T_OBJECT_EX) {
             return 0;
         }
-        offsets[field] = member->offset;
+        offsets[i] = member->offset;
     }
     Py_INCREF(type);
-    Py_XSETREF(slots.type, type);
-    slots.version_tag = type->tp_version_tag;
-    memcpy(slots.offsets, offsets, sizeof offsets);
+    Py_XSETREF(layout->type, type);
+    layout->version_tag = type->tp_version_tag;
+    memcpy(layout->offsets, offsets, count * sizeof offsets[0]);
     return 1;
 }
 
+/* Whether `layout` says where `type` keeps `names`, learning it if need be. */
 static int
-read_from_slots(PyTypeObject *type)
+knows_layout(Layout *layout, PyTypeObject *type, PyObject *const *names, int count)
 {
-    if (type == slots.type && has_version_tag(type) && type->tp_version_tag == slots.version_tag) {
+    if (type == layout->type && has_version_tag(type)
+        && type->tp_version_tag == layout->version_tag) {
         return 1;
     }
-    return learn_slots(type);
+    return learn_layout(layout, type, names, count);
 }
 
 static int
@@ -515,9 +521,9 @@ put_span(Buffer *buffer, PyObject *span)
     if (put_byte(buffer, 0x8c) < 0) { /* a map of FIELD_COUNT (12) entries */
         return -1;
     }
-    if (read_from_slots(Py_TYPE(span))) {
+    if (knows_layout(&span_layout, Py_TYPE(span), attributes, FIELD_COUNT)) {
         for (int field = 0; field < FIELD_COUNT; field++) {
-            PyObject *value = *(PyObject **)((char *)span + slots.offsets[field]);
+            PyObject *value = *(PyObject **)((char *)span + span_layout.offsets[field]);
             /* NULL: an unset slot, whose AttributeError the Python encoder raises */
             if (value == NULL || put_field(buffer, field, value) < 0) {
                 return -1;
@@ -1135,12 +1141,30 @@ static PyTypeObject TraceBuffer_Type = {
 
 static PyObject *str_buffer, *str_put, *str_after_put, *str_drop_unencodable;
 
+/* Where AgentWriter keeps _buffer, a slot: read straight from the writer, as for spans above
+ * (PyObject_GetAttr cost ~170 instructions a write). */
+static Layout writer_layout;
+
+/* The writer's buffer, a new reference; NULL with an exception set. */
+static PyObject *
+writer_buffer(PyObject *writer)
+{
+    if (knows_layout(&writer_layout, Py_TYPE(writer), &str_buffer, 1)) {
+        PyObject *buffer = *(PyObject **)((char *)writer + writer_layout.offsets[0]);
+        if (buffer != NULL) {
+            Py_INCREF(buffer);
+            return buffer;
+        }
+    }
+    return PyObject_GetAttr(writer, str_buffer); /* and its AttributeError if it is unset */
+}
+
 static PyObject *
 writer_write(PyObject *writer, PyObject *spans)
 {
     Py_ssize_t status = 0;
     int result = -1;
-    PyObject *buffer = PyObject_GetAttr(writer, str_buffer);
+    PyObject *buffer = writer_buffer(writer);
     if (buffer != NULL && Py_IS_TYPE(buffer, &TraceBuffer_Type)) {
         result = put_status((TraceBufferObject *)buffer, spans, &status);
     }

@@ -18,8 +18,8 @@ answer (a drop, the first trace, a buffer over half full). The C buffer keeps th
 back to back in one block, so that buffering a trace allocates no object and a payload is one
 copy of a run of the block. Callgrind, a single-span trace of the tracer (2 tags; ~8 meta and ~4
 metrics entries) exported to the test agent: ``write`` cost ~10.8k instructions (encoding ~4.9k,
-the Python around it ~4.7k, the sending amortized ~1.0k) and costs ~3.5k with the C twins
-(encoding ~3.1k, the rest ~0.4k); the Python path costs ~0.3k more than it did (put is a call).
+the Python around it ~4.7k, the sending amortized ~1.0k) and costs ~3.3k with the C twins
+(encoding ~3.1k, the rest ~0.2k); the Python path costs ~0.3k more than it did (put is a call).
 """
 
 from __future__ import annotations
@@ -221,6 +221,9 @@ class AgentWriter:
     rates after every delivered payload whose answer carries them (called from the sending thread).
     A malformed ``agent_url`` raises ValueError here, at construction.
     """
+
+    # _buffer is a slot: the C write() reads it straight from the writer (see _encoder.c).
+    __slots__ = ("_buffer", "__dict__", "__weakref__")
 
     def __init__(
         self,
