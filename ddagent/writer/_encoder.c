@@ -4,7 +4,7 @@
  *
  * - encode_trace, the twin of encoding.encode_trace_python: one trace chunk as a msgpack array
  *   of v0.4 span maps, packed straight from the spans' attributes (below);
- * - TraceBuffer and EncodedTraces, the twins of agent.PythonTraceBuffer and PythonEncodedTraces:
+ * - SendBuffer and EncodedTraces, the twins of agent.PythonSendBuffer and PythonEncodedTraces:
  *   the writer's buffer of encoded traces, whose put() encodes a chunk and appends it in one call,
  *   and what the sender takes out of it;
  * - writer_write, the twin of AgentWriter.write (agent.python_write): put(), and a call back into
@@ -623,7 +623,7 @@ encode_trace(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 
 /* -- the writer's buffer --------------------------------------------------------------------
  *
- * The native twin of agent.PythonTraceBuffer, which says what it does: the traces the writer
+ * The native twin of agent.PythonSendBuffer, which says what it does: the traces the writer
  * buffers, encoded, and the bounds they are held to. put() encodes a chunk and appends it in one
  * call. Where the Python buffer keeps one bytes object per trace in a list (and the sender joins
  * them into payloads), this one keeps the traces' msgpack back to back in one block, with where
@@ -719,7 +719,7 @@ store_append(Store *store, const char *trace, Py_ssize_t size, Py_ssize_t span_c
     return 0;
 }
 
-/* -- EncodedTraces: what TraceBuffer.take() hands the sender -------------------------------- */
+/* -- EncodedTraces: what SendBuffer.take() hands the sender -------------------------------- */
 
 typedef struct {
     PyObject_HEAD
@@ -916,12 +916,12 @@ static PyTypeObject Traces_Type = {
     .tp_dealloc = (destructor)traces_dealloc,
     .tp_as_sequence = &traces_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Encoded traces taken out of a TraceBuffer (agent.PythonEncodedTraces' twin).",
+    .tp_doc = "Encoded traces taken out of a SendBuffer (agent.PythonEncodedTraces' twin).",
     .tp_methods = traces_methods,
     .tp_getset = traces_getset,
 };
 
-/* -- TraceBuffer ---------------------------------------------------------------------------- */
+/* -- SendBuffer ---------------------------------------------------------------------------- */
 
 typedef struct {
     PyObject_HEAD
@@ -932,7 +932,7 @@ typedef struct {
     Py_ssize_t max_payload_bytes;
     char closed;
     char needs_worker;
-} TraceBufferObject;
+} SendBufferObject;
 
 static PyObject *
 buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
@@ -944,7 +944,7 @@ buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
                                      &max_traces, &max_payload_bytes)) {
         return NULL;
     }
-    TraceBufferObject *self = (TraceBufferObject *)type->tp_alloc(type, 0);
+    SendBufferObject *self = (SendBufferObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
     }
@@ -962,21 +962,21 @@ buffer_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 /* Only the fallback is held: a module's function, but a buffer given a closure that holds it
  * would make a cycle. */
 static int
-buffer_traverse(TraceBufferObject *self, visitproc visit, void *arg)
+buffer_traverse(SendBufferObject *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->fallback);
     return 0;
 }
 
 static int
-buffer_clear(TraceBufferObject *self)
+buffer_clear(SendBufferObject *self)
 {
     Py_CLEAR(self->fallback);
     return 0;
 }
 
 static void
-buffer_dealloc(TraceBufferObject *self)
+buffer_dealloc(SendBufferObject *self)
 {
     PyObject_GC_UnTrack(self);
     buffer_clear(self);
@@ -986,7 +986,7 @@ buffer_dealloc(TraceBufferObject *self)
 
 /* put()'s work: *status is what it returns; -1 with an exception set instead. */
 static int
-put_status(TraceBufferObject *self, PyObject *spans, Py_ssize_t *status)
+put_status(SendBufferObject *self, PyObject *spans, Py_ssize_t *status)
 {
     *status = 0;
     Py_ssize_t span_count = PyList_CheckExact(spans) ? PyList_GET_SIZE(spans)
@@ -1046,14 +1046,14 @@ put_status(TraceBufferObject *self, PyObject *spans, Py_ssize_t *status)
 }
 
 static PyObject *
-buffer_put(TraceBufferObject *self, PyObject *spans)
+buffer_put(SendBufferObject *self, PyObject *spans)
 {
     Py_ssize_t status;
     return put_status(self, spans, &status) < 0 ? NULL : PyLong_FromSsize_t(status);
 }
 
 static PyObject *
-buffer_take(TraceBufferObject *self, PyObject *unused)
+buffer_take(SendBufferObject *self, PyObject *unused)
 {
     (void)unused;
     TracesObject *taken = PyObject_New(TracesObject, &Traces_Type);
@@ -1066,20 +1066,20 @@ buffer_take(TraceBufferObject *self, PyObject *unused)
 }
 
 static Py_ssize_t
-buffer_length(TraceBufferObject *self)
+buffer_length(SendBufferObject *self)
 {
     return self->store.count;
 }
 
 static PyObject *
-buffer_bytes(TraceBufferObject *self, void *closure)
+buffer_bytes(SendBufferObject *self, void *closure)
 {
     (void)closure;
     return PyLong_FromSsize_t(self->store.length);
 }
 
 static PyObject *
-buffer_spans(TraceBufferObject *self, void *closure)
+buffer_spans(SendBufferObject *self, void *closure)
 {
     (void)closure;
     return PyLong_FromSsize_t(self->store.spans);
@@ -1088,20 +1088,20 @@ buffer_spans(TraceBufferObject *self, void *closure)
 static PyMethodDef buffer_methods[] = {
     {"put", (PyCFunction)buffer_put, METH_O,
      "put(spans) -> int: encode a trace chunk and buffer it if it fits (see\n"
-     "agent.PythonTraceBuffer.put)."},
+     "agent.PythonSendBuffer.put)."},
     {"take", (PyCFunction)buffer_take, METH_NOARGS,
      "take() -> EncodedTraces: the buffered traces, leaving the buffer empty."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyMemberDef buffer_members[] = {
-    {"max_bytes", Py_T_PYSSIZET, offsetof(TraceBufferObject, max_bytes), 0, NULL},
-    {"max_traces", Py_T_PYSSIZET, offsetof(TraceBufferObject, max_traces), 0, NULL},
-    {"max_payload_bytes", Py_T_PYSSIZET, offsetof(TraceBufferObject, max_payload_bytes), 0,
+    {"max_bytes", Py_T_PYSSIZET, offsetof(SendBufferObject, max_bytes), 0, NULL},
+    {"max_traces", Py_T_PYSSIZET, offsetof(SendBufferObject, max_traces), 0, NULL},
+    {"max_payload_bytes", Py_T_PYSSIZET, offsetof(SendBufferObject, max_payload_bytes), 0,
      NULL},
-    {"closed", Py_T_BOOL, offsetof(TraceBufferObject, closed), 0,
+    {"closed", Py_T_BOOL, offsetof(SendBufferObject, closed), 0,
      "Set: put() buffers nothing more and returns CLOSED."},
-    {"needs_worker", Py_T_BOOL, offsetof(TraceBufferObject, needs_worker), 0,
+    {"needs_worker", Py_T_BOOL, offsetof(SendBufferObject, needs_worker), 0,
      "Set (as it starts): put() adds START to what it returns."},
     {NULL, 0, 0, 0, NULL},
 };
@@ -1114,15 +1114,15 @@ static PyGetSetDef buffer_getset[] = {
 
 static PySequenceMethods buffer_as_sequence = {.sq_length = (lenfunc)buffer_length};
 
-static PyTypeObject TraceBuffer_Type = {
+static PyTypeObject SendBuffer_Type = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "ddagent.writer._encoder.TraceBuffer",
-    .tp_basicsize = sizeof(TraceBufferObject),
+    .tp_name = "ddagent.writer._encoder.SendBuffer",
+    .tp_basicsize = sizeof(SendBufferObject),
     .tp_dealloc = (destructor)buffer_dealloc,
     .tp_as_sequence = &buffer_as_sequence,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "TraceBuffer(fallback, max_bytes, max_traces, max_payload_bytes): the writer's\n"
-              "buffer of encoded traces (agent.PythonTraceBuffer's twin); `fallback` encodes\n"
+    .tp_doc = "SendBuffer(fallback, max_bytes, max_traces, max_payload_bytes): the writer's\n"
+              "buffer of encoded traces (agent.PythonSendBuffer's twin); `fallback` encodes\n"
               "what the native encoder does not.",
     .tp_traverse = (traverseproc)buffer_traverse,
     .tp_clear = (inquiry)buffer_clear,
@@ -1165,8 +1165,8 @@ writer_write(PyObject *writer, PyObject *spans)
     Py_ssize_t status = 0;
     int result = -1;
     PyObject *buffer = writer_buffer(writer);
-    if (buffer != NULL && Py_IS_TYPE(buffer, &TraceBuffer_Type)) {
-        result = put_status((TraceBufferObject *)buffer, spans, &status);
+    if (buffer != NULL && Py_IS_TYPE(buffer, &SendBuffer_Type)) {
+        result = put_status((SendBufferObject *)buffer, spans, &status);
     }
     else if (buffer != NULL) { /* the Python buffer */
         PyObject *answer = PyObject_CallMethodOneArg(buffer, str_put, spans);
@@ -1268,7 +1268,7 @@ PyInit__encoder(void)
             }
         }
     }
-    if (PyType_Ready(&Traces_Type) < 0 || PyType_Ready(&TraceBuffer_Type) < 0) {
+    if (PyType_Ready(&Traces_Type) < 0 || PyType_Ready(&SendBuffer_Type) < 0) {
         return NULL;
     }
     PyObject *module = PyModule_Create(&module_definition);
@@ -1281,9 +1281,9 @@ PyInit__encoder(void)
         Py_DECREF(module);
         return NULL;
     }
-    Py_INCREF(&TraceBuffer_Type);
-    if (PyModule_AddObject(module, "TraceBuffer", (PyObject *)&TraceBuffer_Type) < 0) {
-        Py_DECREF(&TraceBuffer_Type);
+    Py_INCREF(&SendBuffer_Type);
+    if (PyModule_AddObject(module, "SendBuffer", (PyObject *)&SendBuffer_Type) < 0) {
+        Py_DECREF(&SendBuffer_Type);
         Py_DECREF(module);
         return NULL;
     }

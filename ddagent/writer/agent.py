@@ -12,7 +12,7 @@ so payloads go out one at a time and in order over the one keep-alive connection
 
 Where ddagent/writer/_encoder.c is built (and ``DD_TRACE_NATIVE_ENCODER`` is not ``false``, see
 encoding.py), ``AgentWriter.write`` and the buffer are its C twins of :data:`python_write` and
-:class:`PythonTraceBuffer`, which say what they do and are the fallback: ``write`` is then one C
+:class:`PythonSendBuffer`, which say what they do and are the fallback: ``write`` is then one C
 call that encodes the chunk and appends it, and calls back into Python only for an unusual
 answer (a drop, the first trace, a buffer over half full). The C buffer keeps the traces' msgpack
 back to back in one block, so that buffering a trace allocates no object and a payload is one
@@ -64,10 +64,10 @@ START = 2  # buffered, and the buffer's needs_worker is set: the worker should b
 CLOSED = 4  # not encoded: the buffer is closed (the writer stopped)
 
 
-class PythonTraceBuffer:
+class PythonSendBuffer:
     """The traces the writer buffers, encoded, and the bounds they are held to.
 
-    The Python twin of ``_encoder.TraceBuffer`` (ddagent/writer/_encoder.c), which the writer
+    The Python twin of ``_encoder.SendBuffer`` (ddagent/writer/_encoder.c), which the writer
     uses where it is built: the same methods, the same results. ``put`` encodes a trace chunk
     and appends it in one call, so that the writer's ``write`` has nothing to do in the usual
     case; ``take`` hands the sender everything buffered so far as a :class:`PythonEncodedTraces`.
@@ -140,7 +140,7 @@ class PythonTraceBuffer:
 
 
 class PythonEncodedTraces:
-    """Encoded traces taken out of a :class:`PythonTraceBuffer`, for the sender: the Python twin
+    """Encoded traces taken out of a :class:`PythonSendBuffer`, for the sender: the Python twin
     of ``_encoder.EncodedTraces``. Runs of them are given by ``(start, end)``, end excluded."""
 
     __slots__ = ("_traces", "_span_counts", "spans")
@@ -181,16 +181,16 @@ class PythonEncodedTraces:
         return self._span_counts[start:end]
 
 
-TraceBuffer: Any = PythonTraceBuffer if native_encoder is None else native_encoder.TraceBuffer
+SendBuffer: Any = PythonSendBuffer if native_encoder is None else native_encoder.SendBuffer
 """The writer's buffer: native where encoding.py found the native encoder."""
 
 
 def _new_buffer(
     max_bytes: int, max_traces: int, max_payload_bytes: int, lock: threading.Lock,
 ) -> Any:
-    if TraceBuffer is PythonTraceBuffer:
-        return PythonTraceBuffer(encode_trace, max_bytes, max_traces, max_payload_bytes, lock)
-    return TraceBuffer(encode_trace_python, max_bytes, max_traces, max_payload_bytes)
+    if SendBuffer is PythonSendBuffer:
+        return PythonSendBuffer(encode_trace, max_bytes, max_traces, max_payload_bytes, lock)
+    return SendBuffer(encode_trace_python, max_bytes, max_traces, max_payload_bytes)
 
 
 class _Batch:

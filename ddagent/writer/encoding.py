@@ -176,7 +176,7 @@ def _native_encoder() -> Any:
 
 
 native_encoder: Any = _native_encoder()
-"""The native module, ``_encoder.c``: its ``encode_trace`` and the writer's ``TraceBuffer``
+"""The native module, ``_encoder.c``: its ``encode_trace`` and the writer's ``SendBuffer``
 (ddagent/writer/agent.py); None without it."""
 
 encode_trace: Callable[[Iterable[Any]], bytes] = (

@@ -11,10 +11,10 @@ def writer_path(request, monkeypatch) -> str:
     """Each test once with the native write() and buffer (ddagent/writer/_encoder.c), once with
     their Python twins (the fallback where the extension is not built)."""
     if request.param == "native":
-        if agent.TraceBuffer is agent.PythonTraceBuffer:
+        if agent.SendBuffer is agent.PythonSendBuffer:
             pytest.skip("the native writer is not built (or DD_TRACE_NATIVE_ENCODER=false)")
     else:
-        monkeypatch.setattr(agent, "TraceBuffer", agent.PythonTraceBuffer)
+        monkeypatch.setattr(agent, "SendBuffer", agent.PythonSendBuffer)
         monkeypatch.setattr(AgentWriter, "write", agent.python_write)
     return request.param
 

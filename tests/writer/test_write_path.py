@@ -18,7 +18,7 @@ def test_the_path_under_test_is_installed(make_writer, writer_path):
     writer = make_writer(URL)
     native = writer_path == "native"
     assert (AgentWriter.write is not agent.python_write) == native
-    assert (type(writer._buffer) is not agent.PythonTraceBuffer) == native
+    assert (type(writer._buffer) is not agent.PythonSendBuffer) == native
 
 
 def test_the_worker_starts_on_the_first_buffered_trace(make_writer):

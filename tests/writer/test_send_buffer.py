@@ -1,5 +1,5 @@
-"""The writer's buffer: ``_encoder.TraceBuffer`` (ddagent/writer/_encoder.c) against its Python
-twin ``agent.PythonTraceBuffer``: the same answers to the same calls, and the same encoded
+"""The writer's buffer: ``_encoder.SendBuffer`` (ddagent/writer/_encoder.c) against its Python
+twin ``agent.PythonSendBuffer``: the same answers to the same calls, and the same encoded
 traces handed to the sender."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ddagent.writer.agent import CLOSED, START, WAKE, PythonTraceBuffer
+from ddagent.writer.agent import CLOSED, START, WAKE, PythonSendBuffer
 from ddagent.writer.encoding import (
     MAX_ARRAY_HEADER_SIZE,
     EncodingError,
@@ -34,8 +34,8 @@ def twins(max_bytes: int = 1 << 20, max_traces: int = 1000, max_payload_bytes: i
           encode=encode_trace_python):
     """A native buffer and a Python one with the same bounds (and fallback, for the native)."""
     return (
-        _encoder.TraceBuffer(encode, max_bytes, max_traces, max_payload_bytes),
-        PythonTraceBuffer(encode, max_bytes, max_traces, max_payload_bytes, threading.Lock()),
+        _encoder.SendBuffer(encode, max_bytes, max_traces, max_payload_bytes),
+        PythonSendBuffer(encode, max_bytes, max_traces, max_payload_bytes, threading.Lock()),
     )
 
 
@@ -127,8 +127,8 @@ def test_closed_while_encoding_buffers_nothing():
         buffers[0].closed = True
         return encode_trace_python(spans)
 
-    for make in (lambda: _encoder.TraceBuffer(closing, 1 << 20, 100, 1 << 20),
-                 lambda: PythonTraceBuffer(closing, 1 << 20, 100, 1 << 20, threading.Lock())):
+    for make in (lambda: _encoder.SendBuffer(closing, 1 << 20, 100, 1 << 20),
+                 lambda: PythonSendBuffer(closing, 1 << 20, 100, 1 << 20, threading.Lock())):
         buffers[:] = [make()]
         assert buffers[0].put(tuple(make_trace(1))) == CLOSED  # a tuple: the fallback encodes
         assert state(buffers[0]) == (0, 0, 0)
@@ -165,7 +165,7 @@ def test_a_sequence_that_is_not_a_list_goes_through_the_fallback():
 
 
 def test_a_fallback_that_returns_no_bytes_is_a_type_error():
-    buffer = _encoder.TraceBuffer(lambda spans: "text", 1 << 20, 100, 1 << 20)
+    buffer = _encoder.SendBuffer(lambda spans: "text", 1 << 20, 100, 1 << 20)
     with pytest.raises(TypeError):
         buffer.put(tuple(make_trace(1)))
     assert state(buffer) == (0, 0, 0)
@@ -265,7 +265,7 @@ def test_references_are_not_leaked_or_lost():
         def __del__(self):
             Encoded.freed += 1
 
-    native = _encoder.TraceBuffer(lambda spans: Encoded(encode_trace_python(spans)), 1 << 30,
+    native = _encoder.SendBuffer(lambda spans: Encoded(encode_trace_python(spans)), 1 << 30,
                                   1 << 20, 1 << 30)
     trace = make_trace(2, meta={"k": "v"})
     chunk = tuple(trace)  # the fallback's
