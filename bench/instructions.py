@@ -1,6 +1,6 @@
-"""Instructions per operation under callgrind: the noise-free second opinion on scenarios 1 and 3.
+"""Instructions per operation under callgrind: the noise-free second opinion on scenarios 1-3.
 
-    python3 bench/instructions.py [--case span|trace100|gunicorn ...] [--contender NAME ...]
+    python3 bench/instructions.py [--case span|trace100|redis|gunicorn ...] [--contender NAME ...]
 
 CPU time on a shared 2-core machine moves by tens of percent between runs; the number of
 instructions a program executes does not. Each case runs twice under ``valgrind
@@ -18,6 +18,8 @@ and its fixed cost would be counted many times over.
 Cases:
 
 - ``span``: scenario 1's "1 span + 2 tags", per span; ``trace100``: its "trace of 100", per span.
+- ``redis``: scenario 2's redis GET, instrumented and enabled (none for the baseline), per call:
+  what each tracer adds to the client's instructions (the server's are not counted).
 - ``gunicorn``: scenario 3's Flask app under gunicorn (one worker, each contender's launcher),
   sequential requests; the worker's instructions per request. ``no tracer ÷ contender`` is the
   throughput ratio a CPU-bound worker would reach.
@@ -44,10 +46,11 @@ from bench.run import live_context, run_in_bench_venv  # noqa: E402
 if TYPE_CHECKING:
     from bench.runner import Context
 
-CASES = ("span", "trace100", "gunicorn")
+CASES = ("span", "trace100", "redis", "gunicorn")
 CONTENDERS = ("baseline", "ddagent", "ddtrace", "otel")
 # (short, long) series: spans for the span cases, requests for gunicorn.
-SERIES = {"span": (2_000, 4_000), "trace100": (2_000, 4_000), "gunicorn": (100, 300)}
+SERIES = {"span": (2_000, 4_000), "trace100": (2_000, 4_000), "redis": (500, 1_500),
+          "gunicorn": (100, 300)}
 SPANS_PER_TRACE = {"span": 1, "trace100": 100}
 WARM_UP_REQUESTS = 50
 
@@ -69,6 +72,26 @@ os._exit(0)
 """
 
 
+# The child of the redis case: scenario 2's GET against the local server, instrumented as
+# scenario 2 does it (nothing for the baseline), then flushed.
+REDIS_CHILD = """
+import os, sys
+from bench import tracers
+from bench.s2_library_call import INSTRUMENT, REDIS_PORT
+contender, total = sys.argv[1], int(sys.argv[2])
+t = tracers.start(contender)
+import redis  # imported first, as in scenario 2 (ddtrace's import hook trips on it otherwise)
+if contender in INSTRUMENT:
+    INSTRUMENT[contender]("redis", t)
+client = redis.Redis(port=REDIS_PORT)
+client.set("bench:key", "value")
+for _ in range(200 + total):
+    client.get("bench:key")
+t.flush()
+os._exit(0)
+"""
+
+
 def callgrind(argv: list[str], out_dir: str) -> list[str]:
     """``argv`` under callgrind, children (fork and exec) included: one output file per process
     in ``out_dir``, named ``cg.<pid>``."""
@@ -84,9 +107,15 @@ def instructions(path: Path) -> int:
     return int(match.group(1))
 
 
-def span_run(ctx: Context, contender: str, case: str, total: int) -> int:
+def child_run(ctx: Context, contender: str, case: str, total: int) -> int:
+    """Instructions of the child program of ``case`` (``SPAN_CHILD`` or ``REDIS_CHILD``) doing
+    ``total`` operations."""
     with tempfile.TemporaryDirectory() as out:
-        argv = [ctx.python, "-c", SPAN_CHILD, contender, str(SPANS_PER_TRACE[case]), str(total)]
+        if case == "redis":
+            argv = [ctx.python, "-c", REDIS_CHILD, contender, str(total)]
+        else:
+            argv = [ctx.python, "-c", SPAN_CHILD, contender, str(SPANS_PER_TRACE[case]),
+                    str(total)]
         subprocess.run(callgrind(argv, out), env=ctx.env(contender, **LONG_EXPORT_INTERVAL),
                        check=True, capture_output=True)
         # The launched interpreter is the first process; a tracer's own helpers come later.
@@ -132,7 +161,7 @@ def per_op(ctx: Context, case: str, contender: str) -> float:
     if case == "gunicorn":
         counts = [gunicorn_run(ctx, contender, n) for n in (short, long)]
     else:
-        counts = [span_run(ctx, contender, case, n) for n in (short, long)]
+        counts = [child_run(ctx, contender, case, n) for n in (short, long)]
     return (counts[1] - counts[0]) / (long - short)
 
 
@@ -140,7 +169,7 @@ def print_table(results: dict[str, dict[str, Optional[float]]], contenders: list
     labels = {"baseline": "no tracer", "ddagent": "ddagent", "ddtrace": "ddtrace",
               "otel": "OpenTelemetry"}
     titles = {"span": "1 span + 2 tags, per span", "trace100": "trace of 100, per span",
-              "gunicorn": "gunicorn request, worker"}
+              "redis": "redis GET, per call", "gunicorn": "gunicorn request, worker"}
     print(f"\n{'instructions per operation (k)':34}" +
           "".join(f"| {labels[c]:>14} " for c in contenders))
     for case, row in results.items():
@@ -152,11 +181,17 @@ def print_table(results: dict[str, dict[str, Optional[float]]], contenders: list
         ours = row.get("ddagent")
         if ours is None:
             continue
+        base = row.get("baseline")
         if case == "gunicorn":
-            base = row.get("baseline")
             if base:
                 print(f"{titles[case]}: no tracer ÷ ddagent = {base / ours:.3f} "
                       "(the throughput ratio of a CPU-bound worker)")
+            continue
+        if case == "redis":
+            theirs = row.get("ddtrace")
+            if base and theirs and theirs > base:  # scenario 2's target: the added costs
+                print(f"{titles[case]}: added by ddagent ÷ added by ddtrace = "
+                      f"{(ours - base) / (theirs - base):.3f}")
             continue
         for other in ("ddtrace", "otel"):
             theirs = row.get(other)
