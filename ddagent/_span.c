@@ -438,33 +438,63 @@ span_exit(SpanObject *self, PyObject *const *args, size_t nargsf, PyObject *kwna
     Py_RETURN_NONE;
 }
 
-/* -- the type ------------------------------------------------------------------------------ */
+/* -- the three types' fields ----------------------------------------------------------------
+ *
+ * SpanCore, TracerCore and TraceBufferCore objects are each an object header followed by their
+ * fields, all object pointers: the garbage collector's and deallocation's walk over them is one
+ * walk, given the type's count. */
 
-/* The FIELD_COUNT fields, as an array: they are consecutive object pointers in SpanObject. */
 static PyObject **
-fields(SpanObject *self)
+object_fields(PyObject *self)
 {
-    return &self->trace_id;
+    return (PyObject **)((char *)self + sizeof(PyObject));
 }
 
 static int
-span_traverse(SpanObject *self, visitproc visit, void *arg)
+traverse_fields(PyObject *self, int count, visitproc visit, void *arg)
 {
-    PyObject **field = fields(self);
-    for (int i = 0; i < FIELD_COUNT; i++) {
+    PyObject **field = object_fields(self);
+    for (int i = 0; i < count; i++) {
         Py_VISIT(field[i]);
     }
     return 0;
 }
 
+/* 0 while a field is unset (an object whose __init__ did not run, say). */
 static int
-span_clear(SpanObject *self)
+all_fields_set(PyObject *self, int count)
 {
-    PyObject **field = fields(self);
-    for (int i = 0; i < FIELD_COUNT; i++) {
+    PyObject **field = object_fields(self);
+    for (int i = 0; i < count; i++) {
+        if (field[i] == NULL) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int
+clear_fields(PyObject *self, int count)
+{
+    PyObject **field = object_fields(self);
+    for (int i = 0; i < count; i++) {
         Py_CLEAR(field[i]);
     }
     return 0;
+}
+
+/* -- the type ------------------------------------------------------------------------------ */
+
+static int
+span_traverse(SpanObject *self, visitproc visit, void *arg)
+{
+    return traverse_fields((PyObject *)self, FIELD_COUNT, visit, arg);
+}
+
+static int
+span_clear(SpanObject *self)
+{
+    return clear_fields((PyObject *)self, FIELD_COUNT);
 }
 
 static void
@@ -596,13 +626,9 @@ static PyObject *trace_keywords[5]; /* trace()'s parameters, by position */
 static int
 tracer_ready(TracerObject *self)
 {
-    PyObject **field = &self->config;
-    for (int i = 0; i < TRACER_FIELD_COUNT; i++) {
-        if (field[i] == NULL) {
-            return 0; /* a subclass that did not run Tracer.__init__: the twin says what fails */
-        }
-    }
-    return tracer_twin.span_class != NULL;
+    /* unset: a subclass that did not run Tracer.__init__ (the twin says what fails) */
+    return all_fields_set((PyObject *)self, TRACER_FIELD_COUNT)
+        && tracer_twin.span_class != NULL;
 }
 
 /* trace()'s arguments by position (name, service, resource, span_type, child_of); 0 when they
@@ -1066,30 +1092,16 @@ tracer_on_span_finish(TracerObject *self, PyObject *span)
     Py_RETURN_NONE;
 }
 
-static PyObject **
-tracer_fields(TracerObject *self)
-{
-    return &self->config;
-}
-
 static int
 tracer_traverse(TracerObject *self, visitproc visit, void *arg)
 {
-    PyObject **field = tracer_fields(self);
-    for (int i = 0; i < TRACER_FIELD_COUNT; i++) {
-        Py_VISIT(field[i]);
-    }
-    return 0;
+    return traverse_fields((PyObject *)self, TRACER_FIELD_COUNT, visit, arg);
 }
 
 static int
 tracer_clear(TracerObject *self)
 {
-    PyObject **field = tracer_fields(self);
-    for (int i = 0; i < TRACER_FIELD_COUNT; i++) {
-        Py_CLEAR(field[i]);
-    }
-    return 0;
+    return clear_fields((PyObject *)self, TRACER_FIELD_COUNT);
 }
 
 static void
@@ -1242,13 +1254,7 @@ static PyObject *str_partial_flush_min_spans, *str_traces, *one;
 static int
 buffer_ready(TraceBufferObject *self)
 {
-    PyObject **field = &self->trace_id;
-    for (int i = 0; i < BUFFER_FIELD_COUNT; i++) {
-        if (field[i] == NULL) {
-            return 0;
-        }
-    }
-    return PyLong_CheckExact(self->open) && PyList_CheckExact(self->finished)
+    return all_fields_set((PyObject *)self, BUFFER_FIELD_COUNT) && PyLong_CheckExact(self->open) && PyList_CheckExact(self->finished)
         && buffer_twin.span_finished != NULL;
 }
 
@@ -1428,30 +1434,16 @@ buffer_span_finished(TraceBufferObject *self, PyObject *span)
     return chunk;
 }
 
-static PyObject **
-buffer_fields(TraceBufferObject *self)
-{
-    return &self->trace_id;
-}
-
 static int
 buffer_traverse(TraceBufferObject *self, visitproc visit, void *arg)
 {
-    PyObject **field = buffer_fields(self);
-    for (int i = 0; i < BUFFER_FIELD_COUNT; i++) {
-        Py_VISIT(field[i]);
-    }
-    return 0;
+    return traverse_fields((PyObject *)self, BUFFER_FIELD_COUNT, visit, arg);
 }
 
 static int
 buffer_clear(TraceBufferObject *self)
 {
-    PyObject **field = buffer_fields(self);
-    for (int i = 0; i < BUFFER_FIELD_COUNT; i++) {
-        Py_CLEAR(field[i]);
-    }
-    return 0;
+    return clear_fields((PyObject *)self, BUFFER_FIELD_COUNT);
 }
 
 static void
@@ -1593,6 +1585,10 @@ PyMODINIT_FUNC
 PyInit__span(void)
 {
     Py_BUILD_ASSERT(sizeof(SpanObject) == sizeof(PyObject) + FIELD_COUNT * sizeof(PyObject *));
+    Py_BUILD_ASSERT(sizeof(TracerObject)
+                    == sizeof(PyObject) + TRACER_FIELD_COUNT * sizeof(PyObject *));
+    Py_BUILD_ASSERT(sizeof(TraceBufferObject)
+                    == sizeof(PyObject) + BUFFER_FIELD_COUNT * sizeof(PyObject *));
     str_on_span_finish = PyUnicode_InternFromString("_on_span_finish");
     str_finish = PyUnicode_InternFromString("finish");
     zero = PyLong_FromLong(0);

@@ -26,6 +26,7 @@ import weakref
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Optional
 
+from ddagent.span import native_twin
 from ddagent.stats import STATS
 
 if TYPE_CHECKING:
@@ -136,22 +137,11 @@ class PythonTraceBufferCore:
         return None
 
 
-def _native_trace_buffer_core() -> Optional[type[PythonTraceBufferCore]]:
-    """The native twin of :class:`PythonTraceBufferCore`, where the native span core is in use."""
-    from ddagent import span
-
-    if span.SpanCore is span.PythonSpanCore:
-        return None
-    from ddagent import _span
-
-    _span.use_trace_buffer_twin(PythonTraceBufferCore)  # type: ignore[attr-defined]  # C
-    return _span.TraceBufferCore  # type: ignore[attr-defined,no-any-return]  # its twin
-
-
 if TYPE_CHECKING:  # type checkers see the Python core, which the native one mirrors
     TraceBufferCore = PythonTraceBufferCore
 else:
-    TraceBufferCore = _native_trace_buffer_core() or PythonTraceBufferCore
+    TraceBufferCore = native_twin(
+        "TraceBufferCore", "use_trace_buffer_twin", PythonTraceBufferCore) or PythonTraceBufferCore
 
 
 class TraceBuffer(TraceBufferCore):

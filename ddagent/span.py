@@ -162,6 +162,18 @@ else:
     """The span core in use: native where it can be."""
 
 
+def native_twin(name: str, register: str, *twin: Any) -> Any:
+    """The native core ``_span.<name>`` once ``_span.<register>(*twin)`` has given it its Python
+    twin, or None where the native span core is not in use: the tracer's and the trace buffer's
+    native cores go with it (they create and read native spans)."""
+    if SpanCore is PythonSpanCore:
+        return None
+    from ddagent import _span
+
+    getattr(_span, register)(*twin)
+    return getattr(_span, name)
+
+
 class Span(SpanCore):
     """A timed operation: the core's fields and hot methods, and the rest of the seed's API."""
 

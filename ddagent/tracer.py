@@ -26,7 +26,7 @@ from ddagent import config as config_module
 from ddagent._logging import ERROR, RateLimitedLog, get_logger
 from ddagent.context import ACTIVE_SPAN, Context, OpenTraces, TraceBuffer
 from ddagent.sampler import AUTO_KEEP, MECHANISM_DEFAULT, PrioritySampler, RateSampler
-from ddagent.span import PythonSpanCore, Span, SpanCore
+from ddagent.span import Span, native_twin
 from ddagent.stats import STATS
 
 log = get_logger("ddagent.tracer")
@@ -157,22 +157,12 @@ class PythonTracerCore:
             self._internal_error("finishing a span")
 
 
-def _native_tracer_core() -> Optional[type[PythonTracerCore]]:
-    """The native twin of :class:`PythonTracerCore`, where the native span core is in use (it
-    creates native spans)."""
-    if SpanCore is PythonSpanCore:
-        return None
-    from ddagent import _span
-
-    _span.use_tracer_twin(  # type: ignore[attr-defined]  # a C module
-        PythonTracerCore, Span, ACTIVE_SPAN, _ROOT_META, _ROOT_METRICS, _FINISHED_ONE_SPAN)
-    return _span.TracerCore  # type: ignore[attr-defined,no-any-return]  # its twin
-
-
 if TYPE_CHECKING:  # type checkers see the Python core, which the native one mirrors
     TracerCore = PythonTracerCore
 else:
-    TracerCore = _native_tracer_core() or PythonTracerCore
+    TracerCore = native_twin(
+        "TracerCore", "use_tracer_twin", PythonTracerCore, Span, ACTIVE_SPAN, _ROOT_META,
+        _ROOT_METRICS, _FINISHED_ONE_SPAN) or PythonTracerCore
 
 
 class Tracer(TracerCore):

@@ -213,6 +213,12 @@ class _Failure(Exception):
         self.status = status  # the agent's HTTP status, if it answered
 
 
+def _buffer_field(name: str) -> Any:
+    """A writer property that reads and sets its buffer's ``name``."""
+    return property(lambda writer: getattr(writer._buffer, name),
+                    lambda writer, value: setattr(writer._buffer, name, value))
+
+
 class AgentWriter:
     """Buffers trace chunks and sends them to the agent at ``agent_url`` from a background thread.
 
@@ -339,29 +345,9 @@ class AgentWriter:
         return len(self._buffer)
 
     # The bounds live in the buffer, which applies them.
-    @property
-    def max_buffer_bytes(self) -> int:
-        return self._buffer.max_bytes
-
-    @max_buffer_bytes.setter
-    def max_buffer_bytes(self, value: int) -> None:
-        self._buffer.max_bytes = value
-
-    @property
-    def max_buffer_traces(self) -> int:
-        return self._buffer.max_traces
-
-    @max_buffer_traces.setter
-    def max_buffer_traces(self, value: int) -> None:
-        self._buffer.max_traces = value
-
-    @property
-    def max_payload_bytes(self) -> int:
-        return self._buffer.max_payload_bytes
-
-    @max_payload_bytes.setter
-    def max_payload_bytes(self, value: int) -> None:
-        self._buffer.max_payload_bytes = value
+    max_buffer_bytes = _buffer_field("max_bytes")
+    max_buffer_traces = _buffer_field("max_traces")
+    max_payload_bytes = _buffer_field("max_payload_bytes")
 
     # -- sending --------------------------------------------------------------------------------
 
