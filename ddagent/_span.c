@@ -1130,9 +1130,11 @@ static PyMemberDef tracer_members[] = {
 };
 
 static PyMethodDef tracer_methods[] = {
+    /* The text signature lets inspect.signature() and help() describe it as the twin's. */
     {"trace", FASTCALL(tracer_trace),
-     "trace(name, service=None, resource=None, span_type=None, child_of=None): as\n"
-     "tracer.PythonTracerCore.trace"},
+     "trace($self, /, name, service=None, resource=None, span_type=None, child_of=None)\n--\n\n"
+     "Start a span, child of ``child_of`` or else of the active span, and make it active.\n\n"
+     "Use it as a context manager, or call ``finish()``."},
     {"_on_span_finish", (PyCFunction)tracer_on_span_finish, METH_O, NULL},
     {NULL, NULL, 0, NULL},
 };

@@ -5,6 +5,7 @@ counted rather than raised."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
@@ -46,6 +47,14 @@ def test_the_native_core_sends_what_its_python_twin_sends() -> None:
 def test_the_tracer_and_buffer_cores_follow_the_span_core() -> None:
     assert (Tracer.__mro__[1] is PythonTracerCore) == (not NATIVE)
     assert (TraceBuffer.__mro__[1] is PythonTraceBufferCore) == (not NATIVE)
+
+
+def test_trace_is_described_as_its_twin() -> None:
+    def described(method: object) -> list[tuple[str, object]]:
+        return [(p.name, p.default) for p in inspect.signature(method).parameters.values()]
+
+    assert described(Tracer.trace) == described(PythonTracerCore.trace)
+    assert "active span" in (Tracer.trace.__doc__ or "")
 
 
 @pytest.mark.parametrize("rate", [0.0, 0.3, 0.5, 0.7, 1.0])
