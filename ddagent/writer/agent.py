@@ -281,8 +281,7 @@ class AgentWriter:
 
     def _drop_unencodable(self, spans: Sequence[Any], error: Exception) -> None:
         try:
-            if self._fork_dropped_spans:
-                self._count_fork_drops()
+            self._count_fork_drops()
             STATS.incr("spans.dropped.encoding", len(spans))
             self._log.log(logging.WARNING, "encoding",
                           "dropping a trace that cannot be encoded: %s", error)
@@ -292,8 +291,7 @@ class AgentWriter:
     def _after_put(self, spans: Sequence[Any], status: int) -> None:
         """What write() does about put()'s answer ``status`` other than 0."""
         try:
-            if self._fork_dropped_spans:
-                self._count_fork_drops()
+            self._count_fork_drops()
             if status < 0:
                 size = -status
                 if size + MAX_ARRAY_HEADER_SIZE > self.max_payload_bytes:
@@ -360,8 +358,7 @@ class AgentWriter:
 
     def _flush(self, timeout: Optional[float], interrupt: Optional[threading.Event]) -> bool:
         try:
-            if self._fork_dropped_spans:
-                self._count_fork_drops()
+            self._count_fork_drops()
             return self._send_buffer(self._deadline(timeout), interrupt)
         except Exception:
             STATS.incr("writer.errors")
